@@ -1,0 +1,47 @@
+# headroom: `make serve` and `make test` are all a fresh machine needs.
+# Each step reuses what earlier runs built; see README "Configuration" for the variables.
+
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+# Which encoder variant the server uses: fp32 (default, see README "Choosing the encoder") or int8.
+HEADROOM_ENCODER_VARIANT ?= fp32
+export HEADROOM_ENCODER_VARIANT
+export HF_HUB_OFFLINE = 1
+export PYTHONDONTWRITEBYTECODE = 1
+
+.PHONY: install export heads serve test lint clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml requirements.lock
+	@echo "==> creating virtualenv $(VENV) and installing dependencies (first run: a few minutes)"
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --progress-bar on -c requirements.lock -e '.[dev]'
+	@touch $(STAMP)
+
+export: $(STAMP)
+	@echo "==> encoder: export to ONNX (reused when built) and install the $(HEADROOM_ENCODER_VARIANT) variant"
+	$(BIN)/headroom export --variant $(HEADROOM_ENCODER_VARIANT)
+
+heads: export
+	@echo "==> demo heads: train the ones that are missing or stale"
+	$(BIN)/headroom heads
+
+serve: heads
+	@echo "==> starting Triton (Ctrl-C to stop)"
+	$(BIN)/headroom serve
+
+test: heads
+	@echo "==> lint"
+	$(BIN)/ruff check .
+	@echo "==> tests (unit, then integration against a real tritonserver)"
+	$(BIN)/python -m pytest -q -ra
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+
+# Removes build outputs only: onboarded heads in model_repository/ are tenants' data and stay.
+clean:
+	rm -rf build .headroom/backends model_repository/encoder/1

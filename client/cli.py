@@ -1,0 +1,232 @@
+"""The ``headroom`` command: serve, export, build demo heads, onboard, offboard, list, classify.
+
+Every subcommand has ``--help``; failures print one clear line to stderr and exit non-zero.
+``classify`` doubles as a smoke test: it exits 1 when any text gets no label.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import threading
+from pathlib import Path
+
+from headroom import config
+
+log = logging.getLogger("headroom")
+
+
+def _setup_logging(verbose: bool) -> None:
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    level = logging.DEBUG if verbose else logging.INFO
+    for name in ("headroom", "export", "server", "client"):
+        logging.getLogger(name).setLevel(level)
+
+
+def _client(args: argparse.Namespace):
+    from client.headroom_client import HeadroomClient
+
+    return HeadroomClient(args.url, repository=Path(args.repository))
+
+
+# --- subcommands -----------------------------------------------------------------------------
+def cmd_export(args: argparse.Namespace) -> int:
+    from export.encoder import export_all, install_encoder
+
+    with _status(f"exporting encoder (fp32 + int8) to {config.BUILD_DIR}"):
+        export_all(force=args.force)
+    info = install_encoder(args.variant, Path(args.repository))
+    print(f"encoder: {info['variant']} variant installed, fingerprint {info['fingerprint']}")
+    return 0
+
+
+def cmd_heads(args: argparse.Namespace) -> int:
+    from export.tenants import build_demo_heads
+
+    for name, metrics in build_demo_heads(Path(args.repository)):
+        print(
+            f"head {name:<12} accuracy {metrics['holdout_accuracy']:.3f}  macro-F1 {metrics['holdout_macro_f1']:.3f}"
+            f"  ({metrics['classes']} classes, {metrics['holdout_examples']} held out)"
+        )
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from export.head_store import clean_staging
+    from server.triton import TritonServer
+
+    address = config.ServerAddress(args.host, args.http_port, args.grpc_port, args.metrics_port)
+    cleaned = clean_staging()
+    if cleaned:
+        log.info("removed %d unfinished onboarding(s) from %s", cleaned, config.STATE_DIR / "staging")
+    server = TritonServer(address, Path(args.repository))
+    stop = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop.set())
+    server.start()
+    try:
+        with _status("waiting for Triton to load the models"):
+            failed = server.wait_ready()
+        heads = [m for m in server.models if m.startswith(config.HEAD_MODEL_PREFIX) and m not in failed]
+        print(
+            f"headroom is serving {len(heads)} heads: HTTP {address.http_url}  gRPC {address.grpc_url}  "
+            f"metrics http://{address.host}:{address.metrics_port}/metrics"
+        )
+        for name in failed:
+            print(f"warning: {name} failed to load; see the server log above", file=sys.stderr)
+        print("Ctrl-C to stop.")
+        while not stop.wait(0.5):
+            if server.process is None or server.process.poll() is not None:
+                print("error: tritonserver exited", file=sys.stderr)
+                return 1
+    finally:
+        print("stopping tritonserver (in-flight requests finish first)...")
+        server.stop()
+    return 0
+
+
+def cmd_onboard(args: argparse.Namespace) -> int:
+    with _client(args) as client, _status(f"onboarding {args.name} from {args.data_file}"):
+        result = client.onboard(args.name, args.data_file)
+    m = result.metrics
+    print(
+        f"onboarded {result.name} v{result.version}: accuracy {m['holdout_accuracy']:.3f}, "
+        f"macro-F1 {m['holdout_macro_f1']:.3f} on {m['holdout_examples']} held-out examples "
+        f"({result.seconds_total:.1f} s, training {result.seconds_training:.1f} s)"
+    )
+    return 0
+
+
+def cmd_offboard(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        archived = client.offboard(args.name)
+    print(f"offboarded {args.name}" + (f"; files archived in {archived}" if archived else ""))
+    return 0
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        heads = client.list_heads()
+    if not heads:
+        print("no heads")
+    for head in heads:
+        print(f"{head.name:<24} {head.state:<12} v{head.version or '-'}  {head.reason}".rstrip())
+    return 0
+
+
+def cmd_classify(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        results = client.classify(args.texts, args.head, return_errors=True)
+    failed = 0
+    for result in results:
+        if isinstance(result, Exception):
+            failed += 1
+            print(f"error: {result}", file=sys.stderr)
+        else:
+            print(f"{result.label}\t{result.score:.3f}\t{result.text}")
+    return 1 if failed else 0
+
+
+# --- plumbing --------------------------------------------------------------------------------
+class _status:
+    """A spinner with a message on a terminal; a plain log line otherwise."""
+
+    def __init__(self, message: str) -> None:
+        self.message = message
+        self._context = None
+
+    def __enter__(self) -> None:
+        if sys.stderr.isatty():
+            from rich.console import Console
+
+            self._context = Console(stderr=True).status(self.message)
+            self._context.__enter__()
+        else:
+            log.info("%s ...", self.message)
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self._context is not None:
+            self._context.__exit__(*exc_info)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="headroom", description="Multi-tenant text classification on Triton.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument(
+        "--repository",
+        default=str(config.MODEL_REPOSITORY),
+        help="model repository folder (env HEADROOM_MODEL_REPOSITORY; default %(default)s)",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def with_url(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        p.add_argument(
+            "--url",
+            default=config.DEFAULT_URL,
+            help="server, http://host:port or grpc://host:port (env HEADROOM_URL; default %(default)s)",
+        )
+        return p
+
+    p = sub.add_parser("serve", help="run Triton with the model repository (Ctrl-C to stop)")
+    p.add_argument("--host", default=config.HOST, help="host name printed in URLs (default %(default)s)")
+    p.add_argument(
+        "--http-port", type=int, default=config.HTTP_PORT, help="env HEADROOM_HTTP_PORT (default %(default)s)"
+    )
+    p.add_argument(
+        "--grpc-port", type=int, default=config.GRPC_PORT, help="env HEADROOM_GRPC_PORT (default %(default)s)"
+    )
+    p.add_argument(
+        "--metrics-port", type=int, default=config.METRICS_PORT, help="env HEADROOM_METRICS_PORT (default %(default)s)"
+    )
+    p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("export", help="export the encoder to ONNX (fp32 and int8) and install one variant")
+    p.add_argument(
+        "--variant",
+        choices=config.ENCODER_VARIANTS,
+        default=config.ENCODER_VARIANT,
+        help="variant to serve (env HEADROOM_ENCODER_VARIANT; default %(default)s)",
+    )
+    p.add_argument("--force", action="store_true", help="re-export even if the files exist")
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("heads", help="build the demo tenants' heads that are missing or stale")
+    p.set_defaults(func=cmd_heads)
+
+    p = with_url(sub.add_parser("onboard", help="train a head from a labelled file and load it into the server"))
+    p.add_argument("name", help="head name: 1-48 of a-z 0-9 _ -, starting with a letter or digit")
+    p.add_argument("data_file", help='JSONL lines {"text": ..., "label": ...} or CSV with text,label columns')
+    p.set_defaults(func=cmd_onboard)
+
+    p = with_url(sub.add_parser("offboard", help="unload a head and archive its files"))
+    p.add_argument("name")
+    p.set_defaults(func=cmd_offboard)
+
+    p = with_url(sub.add_parser("list", help="list heads and their state"))
+    p.set_defaults(func=cmd_list)
+
+    p = with_url(sub.add_parser("classify", help="classify texts with one head"))
+    p.add_argument("--head", required=True, help="head name, e.g. smart_home")
+    p.add_argument("texts", nargs="+", help="texts to classify")
+    p.set_defaults(func=cmd_classify)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    _setup_logging(args.verbose)
+    try:
+        return args.func(args)
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:  # one clear line for the user; --verbose shows the traceback
+        if args.verbose:
+            raise
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

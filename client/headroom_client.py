@@ -1,0 +1,311 @@
+"""Client library for a headroom server, over Triton's HTTP or gRPC API (``tritonclient``).
+
+    client = HeadroomClient("http://localhost:8000")     # or "grpc://localhost:8001"
+    client.classify(["turn on the lights"], head="smart_home")[0].label
+    client.embed(["some text"])                           # FP32 [1, 384]
+    client.list_heads()
+    client.onboard("acme", "acme.jsonl")                  # train, write atomically, load
+    client.offboard("acme")                               # unload, archive its files
+
+``onboard``/``offboard`` write into the model repository, so they run on the server's host
+(or wherever the repository is mounted); everything else works from anywhere.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from headroom import config
+from headroom.naming import head_model_name, head_name_of
+
+
+class HeadroomError(RuntimeError):
+    """A request the server refused or could not answer; ``status`` is Triton's code."""
+
+    def __init__(self, message: str, status: str | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+@dataclass(frozen=True)
+class Classification:
+    text: str
+    head: str
+    label: str
+    score: float
+    probabilities: dict[str, float] = field(repr=False)
+
+
+@dataclass(frozen=True)
+class HeadStatus:
+    name: str
+    model_name: str
+    state: str
+    version: str
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class OnboardResult:
+    name: str
+    version: int
+    metrics: dict
+    seconds_total: float
+    seconds_training: float
+
+
+def parse_url(url: str) -> tuple[str, str]:
+    """``http://host:port`` / ``grpc://host:port`` / ``host:port`` -> (protocol, host:port)."""
+    if "://" in url:
+        scheme, _, address = url.partition("://")
+        scheme = scheme.lower()
+        if scheme not in ("http", "grpc"):
+            raise ValueError(f"unsupported URL scheme {scheme!r} in {url!r}: use http:// or grpc://")
+        return scheme, address.rstrip("/")
+    return "http", url.rstrip("/")
+
+
+def _status_of(exc: Exception) -> str | None:
+    status = getattr(exc, "status", None)
+    value = status() if callable(status) else status
+    return None if value is None else str(value)
+
+
+def _message_of(exc: Exception) -> str:
+    message = getattr(exc, "message", None)
+    return message() if callable(message) else str(exc)
+
+
+class HeadroomClient:
+    def __init__(
+        self,
+        url: str = config.DEFAULT_URL,
+        concurrency: int = config.CLIENT_CONCURRENCY,
+        timeout_s: float = config.CLIENT_TIMEOUT_S,
+        repository: Path = config.MODEL_REPOSITORY,
+        state_dir: Path = config.STATE_DIR,
+    ) -> None:
+        self.protocol, self.address = parse_url(url)
+        self.concurrency = max(1, concurrency)
+        self.timeout_s = timeout_s
+        self.repository = Path(repository)
+        self.state_dir = Path(state_dir)
+        if self.protocol == "grpc":
+            import tritonclient.grpc as triton
+        else:
+            import tritonclient.http as triton
+        self._triton = triton
+        kwargs = {"network_timeout": timeout_s, "connection_timeout": timeout_s} if self.protocol == "http" else {}
+        self._client = triton.InferenceServerClient(self.address, **kwargs)
+        self._local = threading.local()
+        self._pool = ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="headroom-http")
+        # Control-plane calls (load/unload) are serialised per client: Triton handles them one
+        # at a time anyway, and overlapping loads of one head must not interleave.
+        self._control_lock = threading.Lock()
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True)
+        self._client.close()
+
+    def __enter__(self) -> HeadroomClient:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    # --- inference ---------------------------------------------------------------------------
+    def _string_input(self, name: str, values: Sequence[str | bytes]):
+        array = np.array([[v.encode("utf-8") if isinstance(v, str) else v] for v in values], dtype=np.object_)
+        tensor = self._triton.InferInput(name, list(array.shape), "BYTES")
+        tensor.set_data_from_numpy(array)
+        return tensor
+
+    def _submit(self, model: str, inputs: list, outputs: list[str]) -> Future:
+        """Start one inference; the future holds the result or a ``HeadroomError``."""
+        future: Future = Future()
+        requested = [self._triton.InferRequestedOutput(name) for name in outputs]
+        if self.protocol == "grpc":
+
+            def done(result, error) -> None:
+                if error is not None:
+                    future.set_exception(HeadroomError(_message_of(error), _status_of(error)))
+                else:
+                    future.set_result(result)
+
+            self._client.async_infer(model, inputs, callback=done, outputs=requested, client_timeout=self.timeout_s)
+            return future
+
+        def call() -> None:
+            # tritonclient.http is gevent-based and not thread-safe: one client per worker thread.
+            client = getattr(self._local, "client", None)
+            if client is None:
+                client = self._local.client = self._triton.InferenceServerClient(
+                    self.address, network_timeout=self.timeout_s, connection_timeout=self.timeout_s
+                )
+            try:
+                future.set_result(client.infer(model, inputs, outputs=requested))
+            except Exception as exc:  # tritonclient raises InferenceServerException
+                future.set_exception(HeadroomError(_message_of(exc), _status_of(exc)))
+
+        self._pool.submit(call)
+        return future
+
+    def classify(
+        self, texts: Sequence[str], head: str | Sequence[str], return_errors: bool = False
+    ) -> list[Classification | HeadroomError]:
+        """Classify each text with ``head`` (one name, or one name per text), concurrently.
+
+        Each text is its own request, so the server's dynamic batcher can mix them with other
+        tenants' traffic. Raises the first ``HeadroomError`` unless ``return_errors``, in which
+        case failed items are returned in place as ``HeadroomError``.
+        """
+        heads = [head] * len(texts) if isinstance(head, str) else list(head)
+        if len(heads) != len(texts):
+            raise ValueError(f"{len(texts)} texts but {len(heads)} head names")
+        results: list = [None] * len(texts)
+        gate = threading.BoundedSemaphore(self.concurrency)
+        pending = []
+        for index, (text, name) in enumerate(zip(texts, heads, strict=True)):
+            gate.acquire()
+            future = self._submit(
+                config.PIPELINE_MODEL,
+                [self._string_input("TEXT", [text]), self._string_input("HEAD", [name])],
+                ["LABEL", "SCORE", "PROBS", "LABELS"],
+            )
+            future.add_done_callback(lambda _f: gate.release())
+            pending.append((index, text, name, future))
+        for index, text, name, future in pending:
+            try:
+                results[index] = self._to_classification(text, name, future.result(timeout=self.timeout_s))
+            except HeadroomError as exc:
+                if not return_errors:
+                    raise
+                results[index] = exc
+        return results
+
+    @staticmethod
+    def _to_classification(text: str, head: str, result) -> Classification:
+        labels = [label.decode("utf-8") for label in result.as_numpy("LABELS").reshape(-1)]
+        probs = result.as_numpy("PROBS").reshape(-1)
+        return Classification(
+            text=text,
+            head=head,
+            label=result.as_numpy("LABEL").reshape(-1)[0].decode("utf-8"),
+            score=float(result.as_numpy("SCORE").reshape(-1)[0]),
+            probabilities=dict(zip(labels, (float(p) for p in probs), strict=True)),
+        )
+
+    def embed(self, texts: Sequence[str], batch_size: int = config.EMBED_BATCH_SIZE) -> np.ndarray:
+        """Sentence embeddings from the served encoder (model ``embed``): FP32 [len(texts), 384]."""
+        futures = [
+            self._submit(
+                config.EMBED_MODEL,
+                [self._string_input("TEXT", texts[start : start + batch_size])],
+                ["sentence_embedding"],
+            )
+            for start in range(0, len(texts), batch_size)
+        ]
+        chunks = [future.result(timeout=self.timeout_s).as_numpy("sentence_embedding") for future in futures]
+        if not chunks:
+            return np.zeros((0, config.EMBEDDING_DIM), dtype=np.float32)
+        return np.concatenate(chunks).astype(np.float32, copy=False)
+
+    # --- heads and model control -------------------------------------------------------------
+    def is_head_ready(self, name: str) -> bool:
+        return bool(self._client.is_model_ready(head_model_name(name)))
+
+    def list_heads(self) -> list[HeadStatus]:
+        """Every head in the server's repository index, with its state (READY, UNAVAILABLE...)."""
+        index = self._client.get_model_repository_index()
+        if self.protocol == "grpc":
+            entries = [
+                {"name": m.name, "version": m.version, "state": m.state, "reason": m.reason} for m in index.models
+            ]
+        else:
+            entries = index
+        heads = []
+        for entry in entries:
+            name = head_name_of(entry.get("name", ""))
+            if name is not None:
+                heads.append(
+                    HeadStatus(
+                        name,
+                        entry["name"],
+                        entry.get("state", "") or "UNKNOWN",
+                        str(entry.get("version", "")),
+                        entry.get("reason", ""),
+                    )
+                )
+        return sorted(heads, key=lambda h: h.name)
+
+    def _load(self, model_name: str) -> None:
+        try:
+            self._client.load_model(model_name)
+        except Exception as exc:
+            raise HeadroomError(f"Triton refused to load {model_name}: {_message_of(exc)}", _status_of(exc)) from exc
+
+    def onboard(self, name: str, data_file: str | Path) -> OnboardResult:
+        """Train head ``name`` on ``data_file`` with the served encoder, store it, load it.
+
+        A new version of an existing head is loaded while the previous one keeps serving; the
+        previous version's files are archived once the new one is READY. If Triton cannot load
+        what was written, the written head (or version) is archived and the error raised.
+        """
+        from export import head_store
+        from export.encoder import read_encoder_info
+        from export.tenants import build_head
+
+        started = time.perf_counter()
+        model_name = head_model_name(name)
+        fingerprint = read_encoder_info(self.repository)["fingerprint"]
+        training_started = time.perf_counter()
+        with self._control_lock:
+            stored = build_head(name, Path(data_file), self.embed, fingerprint, self.repository, self.state_dir)
+            training_seconds = time.perf_counter() - training_started
+            try:
+                self._load(model_name)
+            except HeadroomError:
+                self._withdraw(stored)
+                raise
+            head_store.archive_old_versions(
+                name, keep=stored.version, repository=self.repository, state_dir=self.state_dir
+            )
+        info = head_store.read_head_info(name, self.repository)
+        return OnboardResult(name, stored.version, info["metrics"], time.perf_counter() - started, training_seconds)
+
+    def _withdraw(self, stored) -> None:
+        """Take a head version that failed to load back out of the repository."""
+        from export import head_store
+
+        if stored.version == 1:
+            head_store.archive_head(stored.name, self.repository, self.state_dir)
+        else:
+            target = head_store.archive_path(stored.model_name, self.state_dir, suffix=f".v{stored.version}.failed")
+            target.parent.mkdir(parents=True, exist_ok=True)
+            (stored.path / str(stored.version)).rename(target)
+
+    def offboard(self, name: str) -> Path | None:
+        """Unload head ``name`` and archive its files; returns the archive folder."""
+        from export import head_store
+
+        model_name = head_model_name(name)
+        with self._control_lock:
+            try:
+                self._client.unload_model(model_name)
+            except Exception as exc:
+                raise HeadroomError(
+                    f"Triton refused to unload {model_name}: {_message_of(exc)}", _status_of(exc)
+                ) from exc
+            deadline = time.monotonic() + config.LOAD_TIMEOUT_S
+            while self._client.is_model_ready(model_name):
+                if time.monotonic() > deadline:
+                    raise HeadroomError(f"{model_name} was still READY {config.LOAD_TIMEOUT_S} s after unload")
+                time.sleep(0.05)
+            return head_store.archive_head(name, self.repository, self.state_dir)

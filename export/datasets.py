@@ -1,0 +1,86 @@
+"""Labelled training files: JSONL (``{"text": ..., "label": ...}`` per line) or CSV (``text``, ``label``).
+
+``load_labelled_file`` refuses, with a message naming the line, anything a head cannot be
+trained from: unknown format, missing columns, empty text or label, fewer than two classes,
+or a class with fewer than two examples (the stratified hold-out needs two).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+
+class DatasetError(ValueError):
+    """A training file that cannot be used, with the reason."""
+
+
+@dataclass(frozen=True)
+class LabelledTexts:
+    texts: list[str]
+    labels: list[str]
+
+    @property
+    def classes(self) -> list[str]:
+        return sorted(set(self.labels))
+
+
+def _check_row(source: str, text: object, label: object) -> tuple[str, str]:
+    if not isinstance(text, str) or not text.strip():
+        raise DatasetError(f"{source}: 'text' is missing or empty")
+    if label is None or (isinstance(label, str) and not label.strip()) or isinstance(label, (dict, list)):
+        raise DatasetError(f"{source}: 'label' is missing or empty")
+    return text.strip(), str(label).strip()
+
+
+def _read_jsonl(path: Path) -> list[tuple[str, str]]:
+    rows = []
+    with path.open(encoding="utf-8") as handle:
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise DatasetError(f"{path}:{number}: not valid JSON ({exc.msg})") from exc
+            if not isinstance(record, dict):
+                raise DatasetError(f"{path}:{number}: expected an object with 'text' and 'label'")
+            rows.append(_check_row(f"{path}:{number}", record.get("text"), record.get("label")))
+    return rows
+
+
+def _read_csv(path: Path) -> list[tuple[str, str]]:
+    with path.open(encoding="utf-8", newline="") as handle:
+        reader = csv.DictReader(handle)
+        missing = {"text", "label"} - set(reader.fieldnames or [])
+        if missing:
+            raise DatasetError(f"{path}: CSV header must name 'text' and 'label' columns (missing {sorted(missing)})")
+        return [
+            _check_row(f"{path}:{number}", row.get("text"), row.get("label"))
+            for number, row in enumerate(reader, start=2)
+        ]
+
+
+def load_labelled_file(path: str | Path) -> LabelledTexts:
+    path = Path(path)
+    if not path.is_file():
+        raise DatasetError(f"{path}: no such file")
+    suffix = path.suffix.lower()
+    if suffix in (".jsonl", ".json", ".ndjson"):
+        rows = _read_jsonl(path)
+    elif suffix == ".csv":
+        rows = _read_csv(path)
+    else:
+        raise DatasetError(f"{path}: unknown format {suffix!r}; use .jsonl or .csv")
+    if not rows:
+        raise DatasetError(f"{path}: no labelled examples")
+    counts = Counter(label for _, label in rows)
+    if len(counts) < 2:
+        raise DatasetError(f"{path}: a head needs at least two classes, found {sorted(counts)}")
+    scarce = sorted(label for label, count in counts.items() if count < 2)
+    if scarce:
+        raise DatasetError(f"{path}: every class needs at least two examples; too few for {scarce}")
+    return LabelledTexts(texts=[t for t, _ in rows], labels=[label for _, label in rows])

@@ -1,0 +1,217 @@
+"""Heads on disk: written into the model repository atomically, versioned, archived.
+
+Layout of one head (Triton model ``head_<name>``)::
+
+    head_<name>/config.pbtxt        generic: onnxruntime backend, input/output, 1 CPU instance
+    head_<name>/<version>/model.onnx
+    head_<name>/<version>/labels.txt   label names in output order
+    head_<name>/<version>/head.json    labels, encoder fingerprint, training metrics
+
+Every write is staged under ``<state dir>/staging`` and renamed into place (a single atomic
+``rename``), so a crash never leaves a half-written head: a new head appears as a whole
+folder, a new version as a whole version folder. Labels live in the version folder, so a new
+version can change its classes while the previous one keeps serving.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+from export.heads import HEAD_INPUT, HEAD_OUTPUT, TrainedHead, head_to_onnx
+from headroom import config
+from headroom.naming import head_model_name
+
+HEAD_INFO_FILE = "head.json"
+LABELS_FILE = "labels.txt"
+
+HEAD_CONFIG_TEMPLATE = """\
+# Head of tenant '{name}', written by headroom onboarding. Labels, encoder fingerprint and
+# metrics of each version live in <version>/head.json and <version>/labels.txt.
+name: "{model}"
+backend: "onnxruntime"
+max_batch_size: 256
+input [
+  {{
+    name: "{input}"
+    data_type: TYPE_FP32
+    dims: [ {dim} ]
+  }}
+]
+output [
+  {{
+    name: "{output}"
+    data_type: TYPE_FP32
+    dims: [ -1 ]
+  }}
+]
+instance_group [
+  {{
+    count: 1
+    kind: KIND_CPU
+  }}
+]
+version_policy: {{ latest: {{ num_versions: 1 }} }}
+parameters {{
+  key: "intra_op_thread_count"
+  value: {{ string_value: "1" }}
+}}
+"""
+
+
+@dataclass(frozen=True)
+class StoredHead:
+    name: str
+    model_name: str
+    version: int
+    path: Path
+
+
+def head_dir(name: str, repository: Path = config.MODEL_REPOSITORY) -> Path:
+    return repository / head_model_name(name)
+
+
+def versions_of(model_dir: Path) -> list[int]:
+    """Numeric version folders of a model, ascending."""
+    if not model_dir.is_dir():
+        return []
+    return sorted(int(p.name) for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit())
+
+
+def read_head_info(name: str, repository: Path = config.MODEL_REPOSITORY) -> dict:
+    """``head.json`` of the newest version of head ``name``."""
+    model_dir = head_dir(name, repository)
+    versions = versions_of(model_dir)
+    if not versions:
+        raise FileNotFoundError(f"head {name!r} has no version in {model_dir}")
+    return json.loads((model_dir / str(versions[-1]) / HEAD_INFO_FILE).read_text())
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_file(path: Path, data: bytes) -> None:
+    with path.open("wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def _write_version(folder: Path, name: str, version: int, head: TrainedHead, fingerprint: str, source: str) -> None:
+    folder.mkdir(parents=True)
+    info = {
+        "name": name,
+        "version": version,
+        "labels": head.labels,
+        "encoder_fingerprint": fingerprint,
+        "metrics": head.metrics,
+        "trained_from": source,
+        "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    model = head_to_onnx(
+        head,
+        metadata={
+            "labels": json.dumps(head.labels),
+            "encoder_fingerprint": fingerprint,
+            "metrics": json.dumps(head.metrics),
+        },
+    )
+    _write_file(folder / "model.onnx", model.SerializeToString())
+    _write_file(folder / LABELS_FILE, ("\n".join(head.labels) + "\n").encode("utf-8"))
+    _write_file(folder / HEAD_INFO_FILE, (json.dumps(info, indent=2) + "\n").encode("utf-8"))
+    _fsync_dir(folder)
+
+
+def write_head(
+    name: str,
+    head: TrainedHead,
+    fingerprint: str,
+    source: str = "",
+    repository: Path = config.MODEL_REPOSITORY,
+    state_dir: Path = config.STATE_DIR,
+) -> StoredHead:
+    """Write a new head, or the next version of an existing one, atomically."""
+    model_name = head_model_name(name)
+    model_dir = repository / model_name
+    staging_root = state_dir / "staging"
+    staging_root.mkdir(parents=True, exist_ok=True)
+    staging = staging_root / f"{model_name}.{uuid.uuid4().hex}"
+    try:
+        if model_dir.exists():
+            version = (versions_of(model_dir) or [0])[-1] + 1
+            _write_version(staging, name, version, head, fingerprint, source)
+            target = model_dir / str(version)
+        else:
+            version = 1
+            staging.mkdir()
+            _write_file(
+                staging / "config.pbtxt",
+                HEAD_CONFIG_TEMPLATE.format(
+                    name=name, model=model_name, input=HEAD_INPUT, output=HEAD_OUTPUT, dim=config.EMBEDDING_DIM
+                ).encode("utf-8"),
+            )
+            _write_version(staging / "1", name, version, head, fingerprint, source)
+            _fsync_dir(staging)
+            target = model_dir
+        # rename() refuses to replace a non-empty folder, so two writers racing for the same
+        # target cannot both win; the loser gets an OSError and its staging copy is removed.
+        os.rename(staging, target)
+        _fsync_dir(target.parent)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return StoredHead(name=name, model_name=model_name, version=version, path=model_dir)
+
+
+def archive_path(model_name: str, state_dir: Path = config.STATE_DIR, suffix: str = "") -> Path:
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    return state_dir / "archive" / f"{model_name}{suffix}.{stamp}.{uuid.uuid4().hex[:8]}"
+
+
+def archive_old_versions(
+    name: str, keep: int, repository: Path = config.MODEL_REPOSITORY, state_dir: Path = config.STATE_DIR
+) -> list[Path]:
+    """Move every version other than ``keep`` out of the repository into the archive."""
+    model_dir = head_dir(name, repository)
+    moved = []
+    for version in versions_of(model_dir):
+        if version != keep:
+            target = archive_path(head_model_name(name), state_dir, suffix=f".v{version}")
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.rename(model_dir / str(version), target)
+            moved.append(target)
+    return moved
+
+
+def archive_head(
+    name: str, repository: Path = config.MODEL_REPOSITORY, state_dir: Path = config.STATE_DIR
+) -> Path | None:
+    """Move a head's whole folder into the archive; None when it was not there."""
+    model_dir = head_dir(name, repository)
+    if not model_dir.exists():
+        return None
+    target = archive_path(head_model_name(name), state_dir)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    os.rename(model_dir, target)
+    return target
+
+
+def clean_staging(state_dir: Path = config.STATE_DIR) -> int:
+    """Remove staging leftovers of interrupted onboardings; returns how many."""
+    staging_root = state_dir / "staging"
+    if not staging_root.is_dir():
+        return 0
+    leftovers = list(staging_root.iterdir())
+    for entry in leftovers:
+        shutil.rmtree(entry, ignore_errors=True)
+    return len(leftovers)

@@ -1,0 +1,89 @@
+"""Build a tenant's head from a labelled file: load, embed, train, store.
+
+Used both offline (``make heads`` builds the demo tenants with the in-process embedder) and
+by onboarding (``client.HeadroomClient.onboard`` embeds through the server's ``embed`` model).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from functools import partial
+from pathlib import Path
+
+from export.datasets import load_labelled_file
+from export.demo import write_demo_data
+from export.head_store import StoredHead, archive_old_versions, read_head_info, write_head
+from export.heads import Embedder, train_head
+from headroom import config
+from headroom.naming import validate_head_name
+
+log = logging.getLogger(__name__)
+
+
+class OnboardingError(ValueError):
+    """A head that must not be onboarded, with the reason."""
+
+
+def check_head_name(name: str) -> str:
+    """The naming rule, plus: no name whose model would shadow a system model."""
+    validate_head_name(name)
+    return name
+
+
+def file_digest(path: Path) -> str:
+    return "sha256:" + hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def build_head(
+    name: str,
+    data_file: Path,
+    embed: Embedder,
+    fingerprint: str,
+    repository: Path = config.MODEL_REPOSITORY,
+    state_dir: Path = config.STATE_DIR,
+) -> StoredHead:
+    """Train head ``name`` from ``data_file`` and write it (or its next version) atomically."""
+    check_head_name(name)
+    data = load_labelled_file(data_file)
+    head = train_head(data, embed)
+    head.metrics["data_sha256"] = file_digest(data_file)
+    return write_head(name, head, fingerprint, source=str(data_file), repository=repository, state_dir=state_dir)
+
+
+def is_current(name: str, data_file: Path, fingerprint: str, repository: Path = config.MODEL_REPOSITORY) -> bool:
+    """True when the newest version of ``name`` was trained on this file against this encoder."""
+    try:
+        info = read_head_info(name, repository)
+    except FileNotFoundError:
+        return False
+    return info.get("encoder_fingerprint") == fingerprint and info.get("metrics", {}).get("data_sha256") == file_digest(
+        data_file
+    )
+
+
+def build_demo_heads(
+    repository: Path = config.MODEL_REPOSITORY, state_dir: Path = config.STATE_DIR
+) -> list[tuple[str, dict]]:
+    """Build every demo tenant's head that is missing or stale; returns (name, metrics) of all."""
+    from export.embeddings import RepositoryEmbedder
+    from export.encoder import read_encoder_info
+
+    fingerprint = read_encoder_info(repository)["fingerprint"]
+    embedder = None
+    summary = []
+    for tenant in write_demo_data():
+        if not is_current(tenant.name, tenant.data_file, fingerprint, repository):
+            embedder = embedder or RepositoryEmbedder(repository)
+            log.info("training demo head %s from %s", tenant.name, tenant.data_file)
+            stored = build_head(
+                tenant.name,
+                tenant.data_file,
+                partial(embedder, progress=True),
+                fingerprint,
+                repository,
+                state_dir,
+            )
+            archive_old_versions(tenant.name, keep=stored.version, repository=repository, state_dir=state_dir)
+        summary.append((tenant.name, read_head_info(tenant.name, repository)["metrics"]))
+    return summary

@@ -1,0 +1,111 @@
+"""Every setting of headroom in one place: paths, ports, model names, defaults.
+
+Each value has a documented default and can be overridden by the environment variable named
+next to it (the CLI's flags override the environment in turn). Values that the *server-side*
+models need (truncation length, thread counts) live in their own ``config.pbtxt`` instead,
+because Triton hands those files to the models; the README lists both.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+
+
+def _env_path(name: str, default: Path) -> Path:
+    return Path(os.environ.get(name, str(default))).resolve()
+
+
+def _env_int(name: str, default: int) -> int:
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return int(raw)
+    except ValueError as exc:
+        raise ValueError(f"environment variable {name} must be an integer, got {raw!r}") from exc
+
+
+# --- model names (the model repository's folder names) -------------------------------------
+ENCODER_MODEL = "encoder"
+TOKENIZER_MODEL = "tokenizer"
+EMBED_MODEL = "embed"
+PIPELINE_MODEL = "pipeline"
+SYSTEM_MODELS = (ENCODER_MODEL, TOKENIZER_MODEL, EMBED_MODEL, PIPELINE_MODEL)
+#: Heads are Triton models named ``head_<name>``; clients and ``pipeline`` use ``<name>``.
+HEAD_MODEL_PREFIX = "head_"
+
+# --- encoder ---------------------------------------------------------------------------------
+EMBEDDING_DIM = 384
+#: Maximum tokens per text, [CLS] and [SEP] included (sentence-transformers' value for MiniLM).
+MAX_SEQ_LEN_TOKENS = 256
+ENCODER_VARIANTS = ("fp32", "int8")
+#: Which exported encoder ``make serve`` places in the repository (README: "Choosing the encoder").
+ENCODER_VARIANT = os.environ.get("HEADROOM_ENCODER_VARIANT", "fp32")
+#: Metadata written next to the served encoder: fingerprint, variant, dimensions.
+ENCODER_INFO_FILE = "encoder.json"
+TOKENIZER_FILE = "tokenizer.json"
+ENCODER_VERSION = "1"
+
+# --- paths -----------------------------------------------------------------------------------
+MODEL_REPOSITORY = _env_path("HEADROOM_MODEL_REPOSITORY", PROJECT_ROOT / "model_repository")
+#: Exported encoder variants (both fp32 and int8) before one is copied into the repository.
+BUILD_DIR = _env_path("HEADROOM_BUILD_DIR", PROJECT_ROOT / "build")
+#: Staging and archive folders for onboarding; must be on the repository's filesystem so that
+#: a finished head can be renamed into place atomically.
+STATE_DIR = _env_path("HEADROOM_STATE_DIR", MODEL_REPOSITORY.parent / ".headroom")
+#: Demo tenants' training files that ship in the repo.
+DEMO_DATA_DIR = PROJECT_ROOT / "export" / "data"
+
+# --- server ----------------------------------------------------------------------------------
+HOST = os.environ.get("HEADROOM_HOST", "localhost")
+HTTP_PORT = _env_int("HEADROOM_HTTP_PORT", 8000)
+GRPC_PORT = _env_int("HEADROOM_GRPC_PORT", 8001)
+METRICS_PORT = _env_int("HEADROOM_METRICS_PORT", 8002)
+SERVER_READY_TIMEOUT_S = _env_int("HEADROOM_READY_TIMEOUT_S", 300)
+SERVER_SHUTDOWN_TIMEOUT_S = _env_int("HEADROOM_SHUTDOWN_TIMEOUT_S", 30)
+#: Where tritonserver's own log goes when the launcher runs it in the background.
+SERVER_LOG_VERBOSE = _env_int("HEADROOM_LOG_VERBOSE", 0)
+
+# --- client ----------------------------------------------------------------------------------
+#: ``http://host:port`` or ``grpc://host:port``; the scheme picks the protocol.
+DEFAULT_URL = os.environ.get("HEADROOM_URL", f"http://{HOST}:{HTTP_PORT}")
+CLIENT_TIMEOUT_S = _env_int("HEADROOM_CLIENT_TIMEOUT_S", 60)
+#: Requests in flight at once when classifying many texts.
+CLIENT_CONCURRENCY = _env_int("HEADROOM_CLIENT_CONCURRENCY", 16)
+#: Texts per ``embed`` request when training a head through the server.
+EMBED_BATCH_SIZE = _env_int("HEADROOM_EMBED_BATCH_SIZE", 32)
+#: How long ``onboard`` waits for Triton to report a newly loaded head READY.
+LOAD_TIMEOUT_S = _env_int("HEADROOM_LOAD_TIMEOUT_S", 120)
+
+# --- head training ---------------------------------------------------------------------------
+HOLDOUT_FRACTION = 0.2
+#: Inverse regularisation strength of the logistic regression (scikit-learn's ``C``).
+HEAD_REGULARISATION_C = float(os.environ.get("HEADROOM_HEAD_C", "10.0"))
+TRAINING_SEED = 0
+
+
+@dataclass(frozen=True)
+class ServerAddress:
+    """Ports of one Triton server; the launcher and the test fixture both use it."""
+
+    host: str = HOST
+    http_port: int = HTTP_PORT
+    grpc_port: int = GRPC_PORT
+    metrics_port: int = METRICS_PORT
+
+    @property
+    def http_url(self) -> str:
+        return f"http://{self.host}:{self.http_port}"
+
+    @property
+    def grpc_url(self) -> str:
+        return f"grpc://{self.host}:{self.grpc_port}"
+
+
+def encoder_version_dir(repository: Path = MODEL_REPOSITORY) -> Path:
+    """Folder holding the served encoder's ONNX file, tokenizer and fingerprint."""
+    return repository / ENCODER_MODEL / ENCODER_VERSION

@@ -1,0 +1,61 @@
+"""The head naming rule, shared by onboarding, the launcher and the clients.
+
+A tenant's head is called by its *name* (``smart_home``) and lives in Triton as the model
+``head_<name>`` (``head_smart_home``). A name is 1-48 characters of lower-case ASCII letters,
+digits, ``_`` and ``-``, starting with a letter or digit, and not one of the system models' names (``encoder``,
+``tokenizer``, ``embed``, ``pipeline``). Because the pipeline only ever adds
+the ``head_`` prefix to a name that matches this rule, ``HEAD`` can never reach ``encoder``,
+``pipeline`` or any other non-head model. The same rule is enforced server-side in
+``model_repository/pipeline/1/head_dispatch.py`` (a test keeps the two identical).
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from headroom.config import HEAD_MODEL_PREFIX, SYSTEM_MODELS
+
+HEAD_NAME_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,47}$"
+#: Names refused even though they match the pattern, so nobody mistakes a head for these.
+RESERVED_HEAD_NAMES = frozenset(SYSTEM_MODELS)
+_HEAD_NAME = re.compile(HEAD_NAME_PATTERN)
+
+
+class InvalidHeadName(ValueError):
+    """A head name that breaks the naming rule."""
+
+
+def validate_head_name(name: str) -> str:
+    """Return ``name`` unchanged, or raise ``InvalidHeadName`` saying what the rule is."""
+    if not isinstance(name, str) or not _HEAD_NAME.fullmatch(name):
+        raise InvalidHeadName(
+            f"invalid head name {name!r}: use 1-48 characters of a-z, 0-9, '_' and '-', starting with a letter or digit"
+        )
+    if name in RESERVED_HEAD_NAMES:
+        raise InvalidHeadName(f"{name!r} is a system model, not a head name")
+    return name
+
+
+def head_model_name(name: str) -> str:
+    """Triton model name of head ``name`` (``smart_home`` -> ``head_smart_home``)."""
+    return HEAD_MODEL_PREFIX + validate_head_name(name)
+
+
+def head_name_of(model_name: str) -> str | None:
+    """Head name of a Triton model name, or None when the model is not a head."""
+    if not model_name.startswith(HEAD_MODEL_PREFIX):
+        return None
+    name = model_name[len(HEAD_MODEL_PREFIX) :]
+    return name if _HEAD_NAME.fullmatch(name) and name not in RESERVED_HEAD_NAMES else None
+
+
+def head_models_in(repository: Path) -> list[str]:
+    """Triton model names of all heads present in a model repository folder, sorted."""
+    if not repository.is_dir():
+        return []
+    return sorted(
+        entry.name
+        for entry in repository.iterdir()
+        if entry.is_dir() and head_name_of(entry.name) and (entry / "config.pbtxt").exists()
+    )

@@ -1,0 +1,247 @@
+"""Run the real ``tritonserver`` binary shipped by the ``nvidia-pytriton`` wheel.
+
+The wheel carries Triton 2.51 with its Python backend but no C++ ONNX Runtime backend; this
+module prepares what the binary needs and manages its process:
+
+- a backend directory with *copies* (Triton refuses symlinks) of ``libtriton_python.so``,
+  ``triton_python_backend_utils.py`` and the stub built for the running Python, plus our
+  Python-based ``onnxruntime`` backend (``backends/onnxruntime/model.py``);
+- ``LD_LIBRARY_PATH`` with Python's LIBDIR and the wheel's ``nvidia_pytriton.libs``;
+- ``PATH`` with this virtualenv's ``bin/`` first: the stub runs Python in isolated mode
+  (``PYTHONPATH`` is ignored) and finds its packages through ``python3`` on ``PATH``;
+  otherwise it would import the interpreter's global numpy 2 and outputs silently break;
+- ``PYTHONDONTWRITEBYTECODE=1``: a ``__pycache__`` written inside a model folder makes Triton
+  treat the model as changed and reload it;
+- ``--model-control-mode=explicit`` with the system models and every head loaded at start-up.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import sysconfig
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from types import TracebackType
+
+from headroom import config
+from headroom.naming import head_models_in
+
+log = logging.getLogger(__name__)
+
+PYTHON_BACKEND_FILES = ("libtriton_python.so", "triton_python_backend_utils.py")
+STUB_NAME = "triton_python_backend_stub"
+ORT_BACKEND_SOURCE = config.PROJECT_ROOT / "backends" / "onnxruntime" / "model.py"
+POLL_INTERVAL_S = 0.2
+
+
+def _die_with_parent() -> None:
+    """Runs in the child before exec: if the launcher dies, the kernel sends SIGTERM to Triton."""
+    import ctypes
+
+    pr_set_pdeathsig = 1
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
+
+
+class ServerError(RuntimeError):
+    """The server could not be prepared, did not start, or a model did not become ready."""
+
+
+def _wheel_dir(package: str) -> Path:
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise ServerError(f"package {package!r} is not installed: run `make install`")
+    return Path(list(spec.submodule_search_locations)[0])
+
+
+def triton_dir() -> Path:
+    """``pytriton/tritonserver`` inside the installed wheel."""
+    return _wheel_dir("pytriton") / "tritonserver"
+
+
+def _copy_if_changed(source: Path, target: Path) -> None:
+    if target.exists() and not target.is_symlink():
+        if source.stat().st_size == target.stat().st_size and source.read_bytes() == target.read_bytes():
+            return
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.tmp")
+    shutil.copy2(source, tmp)
+    tmp.replace(target)
+
+
+def prepare_backend_dir(destination: Path = config.STATE_DIR / "backends") -> Path:
+    """Lay out Triton's ``--backend-directory`` with real copies of every file it loads."""
+    wheel = triton_dir()
+    python_version = f"{sys.version_info.major}.{sys.version_info.minor}"
+    stub = wheel / "python_backend_stubs" / python_version / STUB_NAME
+    if not stub.exists():
+        raise ServerError(f"the Triton wheel has no Python backend stub for Python {python_version} ({stub})")
+    python_dir = destination / "python"
+    for name in PYTHON_BACKEND_FILES:
+        _copy_if_changed(wheel / "backends" / "python" / name, python_dir / name)
+    _copy_if_changed(stub, python_dir / STUB_NAME)
+    (python_dir / STUB_NAME).chmod(0o755)
+    _copy_if_changed(ORT_BACKEND_SOURCE, destination / "onnxruntime" / "model.py")
+    return destination
+
+
+def server_environment(base: dict[str, str] | None = None) -> dict[str, str]:
+    env = dict(os.environ if base is None else base)
+    libdir = sysconfig.get_config_var("LIBDIR") or ""
+    libs = str(_wheel_dir("pytriton").parent / "nvidia_pytriton.libs")
+    env["LD_LIBRARY_PATH"] = os.pathsep.join(p for p in (libdir, libs, env.get("LD_LIBRARY_PATH", "")) if p)
+    venv_bin = str(Path(sys.executable).parent)
+    env["PATH"] = os.pathsep.join((venv_bin, env.get("PATH", "")))
+    env["PYTHONDONTWRITEBYTECODE"] = "1"
+    env.setdefault("HF_HUB_OFFLINE", "1")
+    env.pop("PYTHONPATH", None)
+    return env
+
+
+def startup_models(repository: Path) -> list[str]:
+    """System models first, then every head found in the repository."""
+    return [*config.SYSTEM_MODELS, *head_models_in(repository)]
+
+
+def build_command(address: config.ServerAddress, repository: Path, backend_dir: Path, models: list[str]) -> list[str]:
+    command = [
+        str(triton_dir() / "bin" / "tritonserver"),
+        f"--model-repository={repository}",
+        f"--backend-directory={backend_dir}",
+        "--model-control-mode=explicit",
+        # A head that fails to load must not keep the other tenants offline; the launcher
+        # checks the system models itself and reports heads that did not come up.
+        "--exit-on-error=false",
+        "--strict-readiness=true",
+        f"--http-port={address.http_port}",
+        f"--grpc-port={address.grpc_port}",
+        f"--metrics-port={address.metrics_port}",
+        f"--log-verbose={config.SERVER_LOG_VERBOSE}",
+    ]
+    command += [f"--load-model={name}" for name in models]
+    return command
+
+
+def _http_status(url: str, method: str = "GET", timeout_s: float = 2.0) -> int | None:
+    request = urllib.request.Request(url, method=method, data=b"" if method == "POST" else None)
+    try:
+        with urllib.request.urlopen(request, timeout=timeout_s) as response:
+            return response.status
+    except urllib.error.HTTPError as exc:
+        return exc.code
+    except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
+        return None
+
+
+class TritonServer:
+    """One ``tritonserver`` process: ``start()``, ``wait_ready()``, ``stop()`` (or ``with``)."""
+
+    def __init__(
+        self,
+        address: config.ServerAddress | None = None,
+        repository: Path = config.MODEL_REPOSITORY,
+        log_file: Path | None = None,
+    ) -> None:
+        self.address = address or config.ServerAddress()
+        self.repository = Path(repository).resolve()
+        self.log_file = log_file
+        self.process: subprocess.Popen | None = None
+        self.models: list[str] = []
+        self._log_handle = None
+
+    def start(self) -> None:
+        if self.process is not None:
+            raise ServerError("server already started")
+        for name in config.SYSTEM_MODELS:
+            if not (self.repository / name / "config.pbtxt").exists():
+                raise ServerError(f"{self.repository / name} is missing: is this a headroom model repository?")
+        backend_dir = prepare_backend_dir()
+        self.models = startup_models(self.repository)
+        command = build_command(self.address, self.repository, backend_dir, self.models)
+        log.info(
+            "starting tritonserver: %s system models, %s heads",
+            len(config.SYSTEM_MODELS),
+            len(self.models) - len(config.SYSTEM_MODELS),
+        )
+        output = None
+        if self.log_file is not None:
+            self.log_file.parent.mkdir(parents=True, exist_ok=True)
+            self._log_handle = self.log_file.open("ab")
+            output = self._log_handle
+        self.process = subprocess.Popen(
+            command,
+            env=server_environment(),
+            stdout=output,
+            stderr=subprocess.STDOUT if output else None,
+            preexec_fn=_die_with_parent,
+        )
+
+    def wait_ready(self, timeout_s: float = config.SERVER_READY_TIMEOUT_S) -> list[str]:
+        """Poll until the server is live and the system models are READY.
+
+        Returns the heads that failed to load (they are reported, not fatal).
+        """
+        deadline = time.monotonic() + timeout_s
+        base = self.address.http_url
+        while time.monotonic() < deadline:
+            self._check_alive()
+            if _http_status(f"{base}/v2/health/live") == 200 and all(
+                _http_status(f"{base}/v2/models/{name}/ready") == 200 for name in config.SYSTEM_MODELS
+            ):
+                # --load-model finishes every model before the endpoints come up, so heads
+                # that are not ready now failed to load.
+                return [
+                    name
+                    for name in self.models[len(config.SYSTEM_MODELS) :]
+                    if _http_status(f"{base}/v2/models/{name}/ready") != 200
+                ]
+            time.sleep(POLL_INTERVAL_S)
+        raise ServerError(f"tritonserver did not become ready within {timeout_s:.0f} s{self._log_hint()}")
+
+    def _check_alive(self) -> None:
+        if self.process is None:
+            raise ServerError("server not started")
+        code = self.process.poll()
+        if code is not None:
+            raise ServerError(f"tritonserver exited with code {code} during start-up{self._log_hint()}")
+
+    def _log_hint(self) -> str:
+        return f" (see {self.log_file})" if self.log_file else " (see its log above)"
+
+    def stop(self, timeout_s: float = config.SERVER_SHUTDOWN_TIMEOUT_S) -> int | None:
+        """SIGTERM (Triton drains in-flight requests), then SIGKILL after ``timeout_s``."""
+        if self.process is None:
+            return None
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=timeout_s)
+            except subprocess.TimeoutExpired:
+                log.warning("tritonserver did not stop within %.0f s; killing it", timeout_s)
+                self.process.kill()
+                self.process.wait()
+        code = self.process.returncode
+        self.process = None
+        if self._log_handle is not None:
+            self._log_handle.close()
+            self._log_handle = None
+        return code
+
+    def __enter__(self) -> TritonServer:
+        self.start()
+        try:
+            self.wait_ready()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(self, exc_type: type | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        self.stop()

@@ -1,0 +1,99 @@
+"""Shared fixtures: one real embedded tritonserver per test session, on a copy of the repository.
+
+The copy keeps the developer's ``model_repository/`` untouched by onboarding tests; free ports
+keep a running ``make serve`` undisturbed. Nothing here mocks Triton or ONNX Runtime.
+"""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from headroom import config
+from server.triton import TritonServer, triton_dir
+
+PROJECT_ROOT = config.PROJECT_ROOT
+DEMO_HEADS = ("knowledge", "lifestyle", "smalltalk", "smart_home")
+
+
+def _free_ports(count: int) -> list[int]:
+    sockets = []
+    try:
+        for _ in range(count):
+            sock = socket.socket()
+            sock.bind(("127.0.0.1", 0))
+            sockets.append(sock)
+        return [sock.getsockname()[1] for sock in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def python_backend_utils_on_path() -> None:
+    """Let unit tests import the Python models' helper modules (they import pb_utils)."""
+    sys.path.insert(0, str(triton_dir() / "backends" / "python"))
+
+
+@pytest.fixture(scope="session")
+def built_repository() -> Path:
+    """The project's repository, checked to hold what `make heads` builds."""
+    repository = config.MODEL_REPOSITORY
+    missing = [
+        p
+        for p in [config.encoder_version_dir(repository) / "model.onnx"]
+        + [repository / f"{config.HEAD_MODEL_PREFIX}{h}" for h in DEMO_HEADS]
+        if not p.exists()
+    ]
+    if missing:
+        pytest.fail(f"{missing[0]} is missing: run the tests with `make test` (it builds the encoder and demo heads)")
+    return repository
+
+
+@dataclass
+class ServerHandle:
+    server: TritonServer
+    repository: Path
+    state_dir: Path
+    log_file: Path
+
+    @property
+    def http_url(self) -> str:
+        return self.server.address.http_url
+
+    @property
+    def grpc_url(self) -> str:
+        return self.server.address.grpc_url
+
+    def client(self, url: str | None = None, **kwargs):
+        from client.headroom_client import HeadroomClient
+
+        return HeadroomClient(url or self.http_url, repository=self.repository, state_dir=self.state_dir, **kwargs)
+
+    def restart(self) -> list[str]:
+        self.server.stop()
+        self.server.start()
+        return self.server.wait_ready()
+
+
+@pytest.fixture(scope="session")
+def triton(built_repository: Path, tmp_path_factory: pytest.TempPathFactory):
+    root = tmp_path_factory.mktemp("served")
+    repository = root / "model_repository"
+    shutil.copytree(built_repository, repository, ignore=shutil.ignore_patterns("__pycache__"))
+    http_port, grpc_port, metrics_port = _free_ports(3)
+    address = config.ServerAddress("localhost", http_port, grpc_port, metrics_port)
+    log_file = root / "tritonserver.log"
+    server = TritonServer(address, repository, log_file=log_file)
+    server.start()
+    try:
+        failed = server.wait_ready()
+        assert not failed, f"heads failed to load: {failed} (see {log_file})"
+        yield ServerHandle(server, repository, root / "state", log_file)
+    finally:
+        server.stop()
