@@ -91,7 +91,7 @@ def train_head(data: LabelledTexts, embed: Embedder) -> TrainedHead:
 
 def head_to_onnx(head: TrainedHead, metadata: dict[str, str] | None = None) -> onnx.ModelProto:
     """``sentence_embedding`` [B, D] -> Gemm(W^T, b) -> Softmax -> ``probabilities`` [B, C]."""
-    n_classes, dim = head.weights.shape
+    dim = head.weights.shape[1]
     graph = helper.make_graph(
         nodes=[
             helper.make_node("Gemm", [HEAD_INPUT, "weights", "bias"], ["logits"], transB=1),
@@ -99,7 +99,8 @@ def head_to_onnx(head: TrainedHead, metadata: dict[str, str] | None = None) -> o
         ],
         name="head",
         inputs=[helper.make_tensor_value_info(HEAD_INPUT, TensorProto.FLOAT, ["batch", dim])],
-        outputs=[helper.make_tensor_value_info(HEAD_OUTPUT, TensorProto.FLOAT, ["batch", n_classes])],
+        # Symbolic class axis: config.pbtxt declares dims [-1] so a new version may change C.
+        outputs=[helper.make_tensor_value_info(HEAD_OUTPUT, TensorProto.FLOAT, ["batch", "classes"])],
         initializer=[
             numpy_helper.from_array(head.weights.astype(np.float32), "weights"),
             numpy_helper.from_array(head.bias.astype(np.float32), "bias"),

@@ -17,6 +17,10 @@ import pytest
 from headroom import config
 from server.triton import TritonServer, triton_dir
 
+# Unit tests import helper modules from model_repository/: never leave a __pycache__ there
+# (Triton takes a changed model folder as a changed model).
+sys.dont_write_bytecode = True
+
 PROJECT_ROOT = config.PROJECT_ROOT
 DEMO_HEADS = ("knowledge", "lifestyle", "smalltalk", "smart_home")
 

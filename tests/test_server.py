@@ -293,3 +293,19 @@ def test_cli_classify_is_a_smoke_test(triton):
     done = subprocess.run(command, capture_output=True, text=True, timeout=120, cwd=config.PROJECT_ROOT)
     assert done.returncode == 1
     assert "head 'nobody' is not loaded" in done.stderr
+
+
+def test_head_trained_for_another_encoder_is_refused(triton):
+    from export.head_store import write_head
+    from export.heads import train_head
+
+    from .test_heads import dataset, fake_embedder
+
+    head = train_head(dataset(), fake_embedder())
+    write_head("stale", head, "sha256:" + "0" * 64, repository=triton.repository, state_dir=triton.state_dir)
+    triton_http.InferenceServerClient(triton.http_url.split("://")[1]).load_model("head_stale")
+    with triton.client() as client:
+        results = client.classify(["alpha", "turn on the lights"], ["stale", "smart_home"], return_errors=True)
+    assert isinstance(results[0], HeadroomError)
+    assert results[0].status == "503" and "was trained against encoder sha256:0000" in str(results[0])
+    assert results[1].label == "lights_on"

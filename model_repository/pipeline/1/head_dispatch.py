@@ -14,6 +14,7 @@ request reaches a non-head model.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import re
 from dataclasses import dataclass
@@ -26,6 +27,8 @@ HEAD_MODEL_PREFIX = "head_"
 HEAD_INPUT = "sentence_embedding"
 HEAD_OUTPUT = "probabilities"
 LABELS_FILE = "labels.txt"
+HEAD_INFO_FILE = "head.json"
+ENCODER_INFO_FILE = "encoder.json"
 RESERVED_HEAD_NAMES = frozenset({"encoder", "tokenizer", "embed", "pipeline"})
 
 _HEAD_NAME = re.compile(HEAD_NAME_PATTERN)
@@ -63,6 +66,7 @@ class _ServedVersion:
     version: int
     newest_on_disk: int
     labels: tuple[str, ...]
+    problem: str | None = None  # why this version must not serve (trained for another encoder)
 
 
 class HeadDispatcher:
@@ -71,10 +75,14 @@ class HeadDispatcher:
     Each head is called at an explicit version: the newest version folder that Triton reports
     READY. While a newer version is still loading, the previous one keeps answering with its own
     labels (``<version>/labels.txt``); once the newer one is READY, calls switch to it.
+
+    A version whose ``head.json`` records another encoder fingerprint than the served encoder's
+    is refused with UNAVAILABLE: its features would not match what it was trained on.
     """
 
-    def __init__(self, repository: str) -> None:
+    def __init__(self, repository: str, encoder_fingerprint: str | None) -> None:
         self._repository = repository
+        self._encoder_fingerprint = encoder_fingerprint
         self._served: dict[str, _ServedVersion] = {}
 
     def model_name(self, head: str) -> str:
@@ -89,6 +97,8 @@ class HeadDispatcher:
         served = self._resolve(head)
         if served is None:
             return not_loaded_error(head)
+        if served.problem is not None:
+            return pb_utils.TritonError(served.problem, pb_utils.TritonError.UNAVAILABLE)
         response = await self._call(head, served.version, rows)
         if response.has_error():
             # The version may have been replaced or unloaded since it was resolved: look again once.
@@ -137,12 +147,43 @@ class HeadDispatcher:
         versions = sorted((int(n) for n in os.listdir(folder) if n.isdigit()), reverse=True)
         for version in versions:
             if pb_utils.is_model_ready(model, str(version)):
-                labels = _read_labels(os.path.join(folder, str(version), LABELS_FILE))
-                served = _ServedVersion(stamp, version, versions[0], labels)
+                version_dir = os.path.join(folder, str(version))
+                labels = _read_labels(os.path.join(version_dir, LABELS_FILE))
+                served = _ServedVersion(stamp, version, versions[0], labels, self._check_encoder(head, version_dir))
                 self._served[head] = served
                 return served
         self._served.pop(head, None)
         return None
+
+    def _check_encoder(self, head: str, version_dir: str) -> str | None:
+        trained_for = _read_json(os.path.join(version_dir, HEAD_INFO_FILE)).get("encoder_fingerprint")
+        if self._encoder_fingerprint and trained_for and trained_for != self._encoder_fingerprint:
+            return (
+                f"head '{head}' was trained against encoder {trained_for[:19]}..., but the server runs "
+                f"{self._encoder_fingerprint[:19]}...: onboard it again"
+            )
+        return None
+
+
+def read_encoder_fingerprint(encoder_dir: str) -> str | None:
+    """Fingerprint in the newest ``<encoder>/<version>/encoder.json``, or None without one."""
+    try:
+        versions = sorted((int(n) for n in os.listdir(encoder_dir) if n.isdigit()), reverse=True)
+    except FileNotFoundError:
+        return None
+    for version in versions:
+        info = _read_json(os.path.join(encoder_dir, str(version), ENCODER_INFO_FILE))
+        if info:
+            return info.get("fingerprint")
+    return None
+
+
+def _read_json(path: str) -> dict:
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return json.load(handle)
+    except (FileNotFoundError, ValueError):
+        return {}
 
 
 def _read_labels(path: str) -> tuple[str, ...]:

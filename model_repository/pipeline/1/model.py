@@ -10,7 +10,8 @@ heads, then hands the embeddings to ``HeadDispatcher`` which calls each distinct
 Per-request errors (the request fails alone, its batch-mates are answered):
 - INVALID_ARG: TEXT empty or whitespace only, TEXT or HEAD not valid UTF-8, HEAD breaks the
   naming rule (which also keeps ``encoder``, ``pipeline`` and other system models out of reach);
-- NOT_FOUND: the head is not loaded (never onboarded, offboarded, or failed to load).
+- NOT_FOUND: the head is not loaded (never onboarded, offboarded, or failed to load);
+- UNAVAILABLE: the head was trained against another encoder than the one served.
 A missing input is refused by Triton itself before the batch is formed (INVALID_ARG).
 """
 
@@ -21,7 +22,13 @@ import os
 
 import numpy as np
 import triton_python_backend_utils as pb_utils
-from head_dispatch import HeadDispatcher, HeadOutput, group_rows_by_head, head_name_problem
+from head_dispatch import (
+    HeadDispatcher,
+    HeadOutput,
+    group_rows_by_head,
+    head_name_problem,
+    read_encoder_fingerprint,
+)
 
 EMBEDDING_OUTPUT = "sentence_embedding"
 
@@ -52,7 +59,10 @@ class TritonPythonModel:
         config = json.loads(args["model_config"])
         self.embed_model = config["parameters"]["embed_model"]["string_value"]
         repository = os.path.dirname(os.path.normpath(args["model_repository"]))
-        self.dispatcher = HeadDispatcher(repository)
+        encoder_dir = os.path.join(repository, config["parameters"]["encoder_model"]["string_value"])
+        fingerprint = read_encoder_fingerprint(encoder_dir)
+        self.dispatcher = HeadDispatcher(repository, fingerprint)
+        pb_utils.Logger.log_info(f"pipeline: encoder fingerprint {fingerprint}; heads trained for another are refused")
 
     async def execute(self, requests):
         responses: list = [None] * len(requests)
