@@ -1,0 +1,82 @@
+"""Synthetic multi-tenant traffic shared by the locust file and the benchmarks.
+
+Tenants are drawn with Zipf popularity (weight of the k-th most popular tenant ~ 1 / k**s,
+s = 1.1 by default), texts uniformly from the demo tenants' training files, and a small share
+of requests name a head that does not exist: those must fail (with NOT_FOUND) and are counted
+as *expected* failures.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from headroom import config
+
+ZIPF_EXPONENT = 1.1
+EXPECTED_FAILURE_SHARE = 0.02
+UNKNOWN_HEAD = "no_such_tenant"
+
+
+def zipf_weights(count: int, exponent: float = ZIPF_EXPONENT) -> np.ndarray:
+    """Normalised popularity of tenants ranked 1..count."""
+    if count < 1:
+        raise ValueError("need at least one tenant")
+    ranks = np.arange(1, count + 1, dtype=np.float64)
+    weights = ranks**-exponent
+    return weights / weights.sum()
+
+
+def demo_texts(limit: int | None = None) -> list[str]:
+    """Texts of the demo tenants' training files (what ``make heads`` writes and ships)."""
+    files = sorted((config.BUILD_DIR / "demo_data").glob("*.jsonl")) + sorted(config.DEMO_DATA_DIR.glob("*.jsonl"))
+    texts: list[str] = []
+    for path in files:
+        for line in Path(path).read_text(encoding="utf-8").splitlines():
+            if line.strip():
+                texts.append(json.loads(line)["text"])
+    if not texts:
+        raise FileNotFoundError("no demo data found: run `make heads` first")
+    return texts[:limit] if limit else texts
+
+
+@dataclass(frozen=True)
+class Request:
+    text: str
+    head: str
+    expect_failure: bool
+
+
+class TrafficMix:
+    """Draws requests: Zipf-popular heads, uniform texts, a share of unknown-head requests."""
+
+    def __init__(
+        self,
+        heads: Sequence[str],
+        texts: Sequence[str],
+        failure_share: float = EXPECTED_FAILURE_SHARE,
+        exponent: float = ZIPF_EXPONENT,
+        seed: int | None = None,
+    ) -> None:
+        if not heads:
+            raise ValueError("no heads to send traffic to")
+        self.heads = list(heads)
+        self.texts = list(texts)
+        self.failure_share = failure_share
+        self._weights = zipf_weights(len(self.heads), exponent).tolist()
+        self._random = random.Random(seed)
+
+    def next(self) -> Request:
+        text = self._random.choice(self.texts)
+        if self._random.random() < self.failure_share:
+            return Request(text, UNKNOWN_HEAD, True)
+        head = self._random.choices(self.heads, weights=self._weights, k=1)[0]
+        return Request(text, head, False)
+
+    def batch(self, count: int) -> list[Request]:
+        return [self.next() for _ in range(count)]
