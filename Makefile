@@ -11,7 +11,16 @@ export HEADROOM_ENCODER_VARIANT
 export HF_HUB_OFFLINE = 1
 export PYTHONDONTWRITEBYTECODE = 1
 
-.PHONY: install export heads serve test lint clean
+# Load test (make loadtest): seconds, simulated users, users started per second.
+LOADTEST_DURATION ?= 60
+LOADTEST_USERS ?= 16
+LOADTEST_SPAWN_RATE ?= 8
+export LOADTEST_DURATION LOADTEST_USERS LOADTEST_SPAWN_RATE
+# The bench-only environment of the infinity-emb peer benchmark (never mixed into $(VENV)).
+INFINITY_VENV ?= $(CURDIR)/.venv-infinity
+export INFINITY_VENV
+
+.PHONY: install export heads serve test lint loadtest bench bench-env clean
 
 install: $(STAMP)
 
@@ -33,7 +42,18 @@ serve: heads
 	@echo "==> starting Triton (Ctrl-C to stop)"
 	$(BIN)/headroom serve
 
-test: heads
+bench-env:
+	@bash bench/setup_infinity_env.sh
+
+loadtest: heads
+	@echo "==> load test: $(LOADTEST_USERS) locust users for $(LOADTEST_DURATION) s, against the running server or one it starts"
+	$(BIN)/python bench/loadtest.py --duration $(LOADTEST_DURATION) --users $(LOADTEST_USERS) --spawn-rate $(LOADTEST_SPAWN_RATE)
+
+bench: heads bench-env
+	@echo "==> all benchmarks (about 15 minutes); reports in bench/results/, summary table into README.md"
+	$(BIN)/python -m bench.run_all
+
+test: heads bench-env
 	@echo "==> lint"
 	$(BIN)/ruff check .
 	@echo "==> tests (unit, then integration against a real tritonserver)"

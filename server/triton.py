@@ -148,28 +148,33 @@ class TritonServer:
         address: config.ServerAddress | None = None,
         repository: Path = config.MODEL_REPOSITORY,
         log_file: Path | None = None,
+        models: list[str] | None = None,
+        system_models: tuple[str, ...] = config.SYSTEM_MODELS,
     ) -> None:
+        """``models``: what to load at start-up (default: system models and every head found);
+        ``system_models``: those that must be READY (benchmarks of other layouts pass their own)."""
         self.address = address or config.ServerAddress()
         self.repository = Path(repository).resolve()
         self.log_file = log_file
         self.process: subprocess.Popen | None = None
+        self.requested_models = models
+        self.system_models = system_models
         self.models: list[str] = []
         self._log_handle = None
 
     def start(self) -> None:
         if self.process is not None:
             raise ServerError("server already started")
-        for name in config.SYSTEM_MODELS:
+        for name in self.system_models:
             if not (self.repository / name / "config.pbtxt").exists():
                 raise ServerError(f"{self.repository / name} is missing: is this a headroom model repository?")
         backend_dir = prepare_backend_dir()
-        self.models = startup_models(self.repository)
+        if self.requested_models is not None:
+            self.models = list(self.requested_models)
+        else:
+            self.models = startup_models(self.repository)
         command = build_command(self.address, self.repository, backend_dir, self.models)
-        log.info(
-            "starting tritonserver: %s system models, %s heads",
-            len(config.SYSTEM_MODELS),
-            len(self.models) - len(config.SYSTEM_MODELS),
-        )
+        log.info("starting tritonserver with %d models", len(self.models))
         output = None
         if self.log_file is not None:
             self.log_file.parent.mkdir(parents=True, exist_ok=True)
@@ -193,14 +198,14 @@ class TritonServer:
         while time.monotonic() < deadline:
             self._check_alive()
             if _http_status(f"{base}/v2/health/live") == 200 and all(
-                _http_status(f"{base}/v2/models/{name}/ready") == 200 for name in config.SYSTEM_MODELS
+                _http_status(f"{base}/v2/models/{name}/ready") == 200 for name in self.system_models
             ):
-                # --load-model finishes every model before the endpoints come up, so heads
-                # that are not ready now failed to load.
+                # --load-model finishes every model before the endpoints come up, so the
+                # other models that are not ready now failed to load.
                 return [
                     name
-                    for name in self.models[len(config.SYSTEM_MODELS) :]
-                    if _http_status(f"{base}/v2/models/{name}/ready") != 200
+                    for name in self.models
+                    if name not in self.system_models and _http_status(f"{base}/v2/models/{name}/ready") != 200
                 ]
             time.sleep(POLL_INTERVAL_S)
         raise ServerError(f"tritonserver did not become ready within {timeout_s:.0f} s{self._log_hint()}")

@@ -309,3 +309,18 @@ def test_head_trained_for_another_encoder_is_refused(triton):
     assert isinstance(results[0], HeadroomError)
     assert results[0].status == "503" and "was trained against encoder sha256:0000" in str(results[0])
     assert results[1].label == "lights_on"
+
+
+def test_many_rows_of_one_unknown_head_in_a_batch_fail_alone(triton):
+    """Regression: one shared error object for several responses crashed tritonserver."""
+    texts = [f"request {i}" for i in range(48)]
+    heads = ["no_such_head" if i % 2 else "smart_home" for i in range(48)]
+    with triton.client(triton.grpc_url, concurrency=48) as client:
+        for _ in range(3):
+            results = client.classify(texts, heads, return_errors=True)
+            for head, result in zip(heads, results, strict=True):
+                if head == "no_such_head":
+                    assert isinstance(result, HeadroomError) and "head 'no_such_head' is not loaded" in str(result)
+                else:
+                    assert not isinstance(result, Exception), result
+    assert triton.server.process.poll() is None

@@ -118,8 +118,9 @@ class TritonPythonModel:
         try:
             results = self.session.run(output_names, batch_feed)
         except Exception as exc:  # ONNX Runtime raises its own exception types for bad shapes/values
-            error = pb_utils.TritonError(f"ONNX Runtime failed: {exc}", pb_utils.TritonError.INTERNAL)
             for index in members:
+                # One error object per response: Triton frees each with its response.
+                error = pb_utils.TritonError(f"ONNX Runtime failed: {exc}", pb_utils.TritonError.INTERNAL)
                 responses[index] = pb_utils.InferenceResponse(error=error)
             return
         by_name = dict(zip(output_names, results, strict=True))

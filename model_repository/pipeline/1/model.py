@@ -33,6 +33,15 @@ from head_dispatch import (
 EMBEDDING_OUTPUT = "sentence_embedding"
 
 
+def _error_response(error):
+    """A response carrying its *own* copy of ``error``.
+
+    Triton frees each response's error object with the response: one TritonError shared by
+    several responses (all rows of an unknown head, say) is freed twice and crashes the server.
+    """
+    return pb_utils.InferenceResponse(error=pb_utils.TritonError(error.message(), error.code()))
+
+
 def _invalid(message: str):
     return pb_utils.TritonError(message, pb_utils.TritonError.INVALID_ARG)
 
@@ -72,7 +81,7 @@ class TritonPythonModel:
         for index, request in enumerate(requests):
             parsed = self._parse(request)
             if isinstance(parsed, pb_utils.TritonError):
-                responses[index] = pb_utils.InferenceResponse(error=parsed)
+                responses[index] = _error_response(parsed)
                 continue
             texts.append(parsed[0])
             heads.append(parsed[1])
@@ -82,7 +91,7 @@ class TritonPythonModel:
             embeddings = await self._embed(texts)
             if isinstance(embeddings, pb_utils.TritonError):
                 for index in owners:
-                    responses[index] = pb_utils.InferenceResponse(error=embeddings)
+                    responses[index] = _error_response(embeddings)
             else:
                 rows_by_head = group_rows_by_head(heads)
                 outputs = await self.dispatcher.run(embeddings, rows_by_head)
@@ -121,7 +130,7 @@ class TritonPythonModel:
 
 def _response(result, position: int):
     if not isinstance(result, HeadOutput):
-        return pb_utils.InferenceResponse(error=result)
+        return _error_response(result)
     probabilities = result.probabilities[position]
     best = int(np.argmax(probabilities))
     return pb_utils.InferenceResponse(

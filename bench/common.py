@@ -1,0 +1,342 @@
+"""What every benchmark shares: machine facts, reports, server set-up, memory, and load generation.
+
+Benchmarks are not tests: they print figures and write ``bench/results/<name>.json`` (+ PNG).
+Timings are only compared as ratios measured in the same run; this machine is shared and noisy.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import platform
+import random
+import shutil
+import socket
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from importlib import metadata
+from pathlib import Path
+
+import numpy as np
+
+from headroom import config
+
+log = logging.getLogger("bench")
+
+RESULTS_DIR = Path(os.environ.get("HEADROOM_BENCH_RESULTS", config.PROJECT_ROOT / "bench" / "results"))
+TRITON_VERSION = "2.51.0"
+
+
+def setup_logging() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", stream=sys.stderr)
+
+
+# --- machine and reports ---------------------------------------------------------------------
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def machine_info() -> dict:
+    versions = {}
+    for package in ("onnxruntime", "numpy", "tritonclient", "nvidia-pytriton", "tokenizers"):
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            versions[package] = None
+    return {
+        "cores": os.cpu_count(),
+        "cpu": cpu_model(),
+        "python": platform.python_version(),
+        "tritonserver": TRITON_VERSION,
+        "versions": versions,
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+    }
+
+
+def write_report(name: str, data: dict, results_dir: Path = RESULTS_DIR) -> Path:
+    results_dir.mkdir(parents=True, exist_ok=True)
+    path = results_dir / f"{name}.json"
+    path.write_text(json.dumps({"benchmark": name, "machine": machine_info(), **data}, indent=2) + "\n")
+    log.info("wrote %s", path)
+    return path
+
+
+def save_figure(figure, name: str, results_dir: Path = RESULTS_DIR) -> Path:
+    results_dir.mkdir(parents=True, exist_ok=True)
+    path = results_dir / f"{name}.png"
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    log.info("wrote %s", path)
+    return path
+
+
+def pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+# --- servers ---------------------------------------------------------------------------------
+def free_ports(count: int) -> list[int]:
+    sockets = []
+    try:
+        for _ in range(count):
+            sock = socket.socket()
+            sock.bind(("127.0.0.1", 0))
+            sockets.append(sock)
+        return [sock.getsockname()[1] for sock in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
+def free_address() -> config.ServerAddress:
+    http, grpc, metrics = free_ports(3)
+    return config.ServerAddress("localhost", http, grpc, metrics)
+
+
+def system_repository(destination: Path, variant: str) -> Path:
+    """A model repository with the system models and the ``variant`` encoder, no heads."""
+    from export.encoder import export_all, install_encoder
+
+    if destination.exists():
+        shutil.rmtree(destination)
+    destination.mkdir(parents=True)
+    for name in config.SYSTEM_MODELS:
+        shutil.copytree(
+            config.MODEL_REPOSITORY / name,
+            destination / name,
+            ignore=shutil.ignore_patterns("__pycache__", "model.onnx", "*.json"),
+        )
+    export_all()
+    install_encoder(variant, destination)
+    return destination
+
+
+def demo_head_dirs(repository: Path, state_dir: Path) -> list[Path]:
+    """The demo heads for this repository's encoder; returns their folders.
+
+    Heads of the project's repository trained for the same encoder are copied, others trained.
+    """
+    from export.demo import DEMO_TENANTS
+    from export.encoder import read_encoder_info
+    from export.head_store import read_head_info
+    from export.tenants import build_demo_heads
+
+    fingerprint = read_encoder_info(repository)["fingerprint"]
+    for name in DEMO_TENANTS:
+        source = config.MODEL_REPOSITORY / f"{config.HEAD_MODEL_PREFIX}{name}"
+        target = repository / source.name
+        try:
+            current = read_head_info(name, config.MODEL_REPOSITORY)["encoder_fingerprint"] == fingerprint
+        except FileNotFoundError:
+            current = False
+        if current and not target.exists():
+            shutil.copytree(source, target, ignore=shutil.ignore_patterns("__pycache__"))
+
+    names = [name for name, _ in build_demo_heads(repository, state_dir)]
+    return [repository / f"{config.HEAD_MODEL_PREFIX}{name}" for name in names]
+
+
+def clone_head(source: Path, repository: Path, name: str) -> Path:
+    """Copy a head folder under a new name (same weights: for memory and throughput runs)."""
+    model = f"{config.HEAD_MODEL_PREFIX}{name}"
+    target = repository / model
+    shutil.copytree(source, target)
+    config_file = target / "config.pbtxt"
+    text = config_file.read_text()
+    config_file.write_text(text.replace(f'name: "{source.name}"', f'name: "{model}"', 1))
+    return target
+
+
+# --- memory ----------------------------------------------------------------------------------
+def server_pss_bytes(pid: int) -> int:
+    """Proportional set size of ``tritonserver`` plus every process it started (Python stubs)."""
+    import psutil
+
+    root = psutil.Process(pid)
+    total = 0
+    for process in [root, *root.children(recursive=True)]:
+        try:
+            total += process.memory_full_info().pss
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+    return total
+
+
+def settle_pss(pid: int, seconds: float = 2.0) -> int:
+    """PSS after letting allocators settle; the minimum of a few readings."""
+    readings = []
+    deadline = time.monotonic() + seconds
+    while True:
+        readings.append(server_pss_bytes(pid))
+        if time.monotonic() >= deadline:
+            return min(readings[-3:])
+        time.sleep(0.5)
+
+
+# --- load ------------------------------------------------------------------------------------
+@dataclass
+class LoadResult:
+    seconds: float
+    ok: int = 0
+    expected_failures: int = 0
+    errors: int = 0
+    latencies_ms: list[float] = field(default_factory=list, repr=False)
+    first_error: str | None = None
+
+    @property
+    def throughput(self) -> float:
+        return (self.ok + self.expected_failures) / self.seconds if self.seconds else 0.0
+
+    def percentile(self, q: float) -> float | None:
+        if not self.latencies_ms:
+            return None
+        return float(np.percentile(self.latencies_ms, q))
+
+    def summary(self) -> dict:
+        data = asdict(self)
+        data.pop("latencies_ms")
+        data["throughput_per_s"] = round(self.throughput, 1)
+        for q in (50, 95, 99):
+            value = self.percentile(q)
+            data[f"p{q}_ms"] = None if value is None else round(value, 2)
+        data["mean_ms"] = round(statistics.fmean(self.latencies_ms), 2) if self.latencies_ms else None
+        return data
+
+
+RequestBuilder = Callable[[object], tuple[str, list, bool]]
+
+
+def pipeline_request(grpc_module, text: str, head: str) -> list:
+    inputs = []
+    for name, value in (("TEXT", text), ("HEAD", head)):
+        tensor = grpc_module.InferInput(name, [1, 1], "BYTES")
+        tensor.set_data_from_numpy(np.array([[value.encode("utf-8")]], dtype=np.object_))
+        inputs.append(tensor)
+    return inputs
+
+
+async def _drive(
+    grpc_url: str,
+    next_request: Callable[[], tuple[str, list, bool]],
+    duration_s: float,
+    concurrency: int,
+    rate_per_s: float | None,
+    warmup_s: float,
+) -> LoadResult:
+    """Closed loop (``concurrency`` workers back to back) or open loop (Poisson at ``rate_per_s``)."""
+    import tritonclient.grpc.aio as grpc_aio
+
+    client = grpc_aio.InferenceServerClient(grpc_url.split("://")[-1])
+    result = LoadResult(seconds=duration_s)
+    started = time.perf_counter()
+    measure_from = started + warmup_s
+    stop_at = measure_from + duration_s
+
+    async def one() -> None:
+        model, inputs, expect_failure = next_request()
+        t0 = time.perf_counter()
+        try:
+            await client.infer(model, inputs)
+            failed, message = False, None
+        except Exception as exc:  # tritonclient raises InferenceServerException
+            failed, message = True, str(exc)
+        t1 = time.perf_counter()
+        if t0 < measure_from or t1 > stop_at:
+            return
+        if failed and expect_failure and "is not loaded" in (message or ""):
+            result.expected_failures += 1
+        elif failed or expect_failure:
+            result.errors += 1
+            result.first_error = result.first_error or (message or "unexpected success")
+        else:
+            result.ok += 1
+        result.latencies_ms.append((t1 - t0) * 1000)
+
+    try:
+        if rate_per_s is None:
+
+            async def worker() -> None:
+                while time.perf_counter() < stop_at:
+                    await one()
+
+            await asyncio.gather(*(worker() for _ in range(concurrency)))
+        else:
+            pending: set[asyncio.Task] = set()
+            rng = random.Random(0)
+            next_at = time.perf_counter()
+            while next_at < stop_at:
+                delay = next_at - time.perf_counter()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                if len(pending) < concurrency:
+                    task = asyncio.create_task(one())
+                    pending.add(task)
+                    task.add_done_callback(pending.discard)
+                next_at += rng.expovariate(rate_per_s)
+            if pending:
+                await asyncio.gather(*pending)
+    finally:
+        await client.close()
+    return result
+
+
+def run_load(
+    grpc_url: str,
+    next_request: Callable[[], tuple[str, list, bool]],
+    duration_s: float,
+    concurrency: int = 32,
+    rate_per_s: float | None = None,
+    warmup_s: float = 1.0,
+) -> LoadResult:
+    return asyncio.run(_drive(grpc_url, next_request, duration_s, concurrency, rate_per_s, warmup_s))
+
+
+def pipeline_traffic(heads: list[str], texts: list[str], failure_share: float = 0.0, seed: int = 0):
+    """``next_request`` for ``run_load``: Zipf tenants through ``pipeline``."""
+    import tritonclient.grpc as grpc_module
+
+    from client.traffic import TrafficMix
+
+    mix = TrafficMix(heads, texts, failure_share=failure_share, seed=seed)
+
+    def next_request() -> tuple[str, list, bool]:
+        request = mix.next()
+        return config.PIPELINE_MODEL, pipeline_request(grpc_module, request.text, request.head), request.expect_failure
+
+    return next_request
+
+
+def texts_of_token_length(max_tokens: int, min_tokens: int, limit: int = 512) -> list[str]:
+    """Demo texts whose token count ([CLS]/[SEP] included) lies in [min_tokens, max_tokens]."""
+    from client.traffic import demo_texts
+    from export.embeddings import load_text_tokenizer_module
+    from export.encoder import model_source_dir
+
+    module = load_text_tokenizer_module()
+    tokenizer = module.TextTokenizer(model_source_dir() / "tokenizer.json", max_length=config.MAX_SEQ_LEN_TOKENS)
+    chosen = []
+    for text in dict.fromkeys(demo_texts()):
+        _, mask = tokenizer([text])
+        if min_tokens <= int(mask.sum()) <= max_tokens:
+            chosen.append(text)
+        if len(chosen) >= limit:
+            break
+    if not chosen:
+        raise RuntimeError(f"no demo text has {min_tokens}-{max_tokens} tokens")
+    return chosen

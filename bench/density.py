@@ -1,0 +1,166 @@
+"""Benchmark 4, density and onboarding: heads onboarded one by one through the API up to N.
+
+Each onboarding trains a head through the server's ``embed`` model, writes it atomically and
+loads it with ``load_model``, exactly as ``headroom onboard`` does; right after, one request
+classifies with the new head. Reported: marginal server memory per head (slope of PSS against
+heads), onboarding time with and without training, and cold load-to-first-answer latency
+(write + load + first answer) as p50/p95. The plot puts memory against tenants next to the
+one-model-per-tenant figures of ``bench.model_per_tenant`` when that report exists.
+
+    python -m bench.density [--heads 100] [--examples 120]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from bench.common import (
+    RESULTS_DIR,
+    free_address,
+    log,
+    pyplot,
+    save_figure,
+    settle_pss,
+    setup_logging,
+    system_repository,
+    write_report,
+)
+from client.headroom_client import HeadroomClient
+from headroom import config
+from server.triton import TritonServer
+
+MIB = 1024 * 1024
+MEMORY_EVERY = 10
+
+
+def training_file(destination: Path, examples: int) -> Path:
+    """The first ``examples`` lines of the smart-home demo data (all ten intents)."""
+    lines = (config.DEMO_DATA_DIR / "smart_home.jsonl").read_text(encoding="utf-8").splitlines()[:examples]
+    destination.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return destination
+
+
+def run(heads: int = 100, examples: int = 120, variant: str = config.ENCODER_VARIANT) -> dict:
+    rows, memory = [], []
+    with tempfile.TemporaryDirectory(prefix="headroom-bench-") as tmp:
+        workdir = Path(tmp)
+        repository = system_repository(workdir / "repo", variant)
+        data = training_file(workdir / "tenant.jsonl", examples)
+        with TritonServer(free_address(), repository, log_file=RESULTS_DIR / "density.log") as server:
+            pid = server.process.pid
+            memory.append({"heads": 0, "pss_mib": round(settle_pss(pid) / MIB, 1)})
+            with HeadroomClient(server.address.grpc_url, repository=repository, state_dir=workdir / "state") as client:
+                for index in range(1, heads + 1):
+                    name = f"tenant{index:04d}"
+                    result = client.onboard(name, data)
+                    started = time.perf_counter()
+                    client.classify(["turn on the lights"], name)
+                    first_answer_s = time.perf_counter() - started
+                    load_s = result.seconds_total - result.seconds_training
+                    rows.append(
+                        {
+                            "head": index,
+                            "onboard_total_s": round(result.seconds_total, 3),
+                            "training_s": round(result.seconds_training, 3),
+                            "write_and_load_s": round(load_s, 3),
+                            "load_to_first_answer_s": round(load_s + first_answer_s, 3),
+                        }
+                    )
+                    if index % MEMORY_EVERY == 0 or index == heads:
+                        memory.append({"heads": index, "pss_mib": round(settle_pss(pid, 1.0) / MIB, 1)})
+                        log.info(
+                            "%d heads onboarded: %.0f MiB, last onboarding %.2f s (%.2f s training)",
+                            index,
+                            memory[-1]["pss_mib"],
+                            result.seconds_total,
+                            result.seconds_training,
+                        )
+    x = np.array([m["heads"] for m in memory], dtype=float)
+    y = np.array([m["pss_mib"] for m in memory], dtype=float)
+    slope = float(np.polyfit(x, y, 1)[0]) if len(x) > 1 else None
+
+    def stats(key: str) -> dict:
+        values = np.array([r[key] for r in rows])
+        return {
+            "p50": round(float(np.percentile(values, 50)), 3),
+            "p95": round(float(np.percentile(values, 95)), 3),
+            "mean": round(float(values.mean()), 3),
+        }
+
+    return {
+        "variant": variant,
+        "heads": heads,
+        "training_examples": examples,
+        "marginal_mib_per_head": None if slope is None else round(slope, 2),
+        "onboard_total_s": stats("onboard_total_s"),
+        "onboard_without_training_s": stats("write_and_load_s"),
+        "training_s": stats("training_s"),
+        "load_to_first_answer_s": stats("load_to_first_answer_s"),
+        "memory": memory,
+        "onboardings": rows,
+    }
+
+
+def plot(report: dict, results_dir: Path = RESULTS_DIR) -> None:
+    plt = pyplot()
+    figure, axes = plt.subplots(figsize=(7, 4))
+    axes.plot(
+        [m["heads"] for m in report["memory"]],
+        [m["pss_mib"] for m in report["memory"]],
+        marker="o",
+        label="headroom (heads onboarded through the API)",
+    )
+    baseline_path = results_dir / "model_per_tenant.json"
+    if baseline_path.exists():
+        baseline = json.loads(baseline_path.read_text())["one_model_per_tenant"]
+        first = baseline[0]
+        points = [{"tenants": 0, "pss_mib": first["pss_mib"] - first["mib_per_tenant"] * first["tenants"]}]
+        points += baseline
+        axes.plot(
+            [p["tenants"] for p in points],
+            [p["pss_mib"] for p in points],
+            marker="s",
+            label="one model per tenant (measured)",
+        )
+        per_tenant = baseline[-1]["mib_per_tenant"]
+        axes.plot(
+            [0, report["heads"]],
+            [points[0]["pss_mib"], points[0]["pss_mib"] + per_tenant * report["heads"]],
+            linestyle="--",
+            color="grey",
+            label=f"one model per tenant, extrapolated ({per_tenant:.0f} MiB each)",
+        )
+    axes.set_xlabel("tenants")
+    axes.set_ylabel("server PSS (MiB)")
+    axes.set_title("Memory against tenants")
+    axes.legend(fontsize=8)
+    save_figure(figure, "density")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--heads", type=int, default=100, help="heads to onboard (default %(default)s)")
+    parser.add_argument("--examples", type=int, default=120, help="training examples per head (default %(default)s)")
+    parser.add_argument("--variant", choices=config.ENCODER_VARIANTS, default=config.ENCODER_VARIANT)
+    args = parser.parse_args(argv)
+    setup_logging()
+    report = run(args.heads, args.examples, args.variant)
+    write_report("density", report)
+    plot(report)
+    print(
+        f"{report['heads']} heads: {report['marginal_mib_per_head']} MiB per additional head; onboarding p50 "
+        f"{report['onboard_total_s']['p50']} s ({report['onboard_without_training_s']['p50']} s without training); "
+        f"load-to-first-answer p50 {report['load_to_first_answer_s']['p50']} s, "
+        f"p95 {report['load_to_first_answer_s']['p95']} s"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

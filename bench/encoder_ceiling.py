@@ -1,0 +1,115 @@
+"""Benchmark 1, the encoder ceiling: raw ONNX Runtime throughput of the encoder in-process.
+
+fp32 and int8, batch sizes 1/8/32/64, sequence lengths 16 and 64, intra-op threads = cores.
+This is the limit the served system is measured against (``bench.end_to_end``).
+
+    python -m bench.encoder_ceiling [--seconds 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+
+import numpy as np
+
+from bench.common import log, pyplot, save_figure, setup_logging, texts_of_token_length, write_report
+from export.embeddings import load_text_tokenizer_module
+from export.encoder import export_all, model_source_dir, variant_path
+from headroom import config
+
+BATCH_SIZES = (1, 8, 32, 64)
+SEQUENCE_LENGTHS = (16, 64)
+
+
+def token_batch(texts: list[str], batch_size: int, length: int) -> tuple[np.ndarray, np.ndarray]:
+    """``batch_size`` real texts as [batch, length] ids and mask (padded to exactly ``length``)."""
+    module = load_text_tokenizer_module()
+    tokenizer = module.TextTokenizer(model_source_dir() / "tokenizer.json", max_length=length)
+    chosen = [texts[i % len(texts)] for i in range(batch_size)]
+    ids, mask = tokenizer(chosen)
+    pad = length - ids.shape[1]
+    return np.pad(ids, ((0, 0), (0, pad))), np.pad(mask, ((0, 0), (0, pad)))
+
+
+def session_for(variant: str, threads: int):
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    return ort.InferenceSession(str(variant_path(variant)), sess_options=options, providers=["CPUExecutionProvider"])
+
+
+def measure(session, ids: np.ndarray, mask: np.ndarray, seconds: float) -> float:
+    feed = {"input_ids": ids, "attention_mask": mask}
+    session.run(["sentence_embedding"], feed)  # warm-up
+    sentences, started = 0, time.perf_counter()
+    while (elapsed := time.perf_counter() - started) < seconds:
+        session.run(["sentence_embedding"], feed)
+        sentences += ids.shape[0]
+    return sentences / elapsed
+
+
+def run(
+    seconds: float = 3.0, variants=config.ENCODER_VARIANTS, batch_sizes=BATCH_SIZES, lengths=SEQUENCE_LENGTHS
+) -> dict:
+    export_all()
+    threads = os.cpu_count() or 1
+    texts = {16: texts_of_token_length(16, 10), 64: texts_of_token_length(64, 33)}
+    rows = []
+    for variant in variants:
+        session = session_for(variant, threads)
+        for length in lengths:
+            for batch_size in batch_sizes:
+                ids, mask = token_batch(texts[length], batch_size, length)
+                rate = measure(session, ids, mask, seconds)
+                rows.append(
+                    {"variant": variant, "seq_len": length, "batch_size": batch_size, "sentences_per_s": round(rate, 1)}
+                )
+                log.info("encoder %s T=%d B=%d: %.0f sentences/s", variant, length, batch_size, rate)
+    best = {
+        f"{v}_T{t}": max(r["sentences_per_s"] for r in rows if r["variant"] == v and r["seq_len"] == t)
+        for v in variants
+        for t in lengths
+    }
+    return {"threads": threads, "seconds_per_point": seconds, "rows": rows, "best": best}
+
+
+def plot(report: dict) -> None:
+    plt = pyplot()
+    figure, axes = plt.subplots(figsize=(7, 4))
+    for variant in sorted({r["variant"] for r in report["rows"]}):
+        for length in sorted({r["seq_len"] for r in report["rows"]}):
+            points = [r for r in report["rows"] if r["variant"] == variant and r["seq_len"] == length]
+            axes.plot(
+                [p["batch_size"] for p in points],
+                [p["sentences_per_s"] for p in points],
+                marker="o",
+                label=f"{variant}, {length} tokens",
+            )
+    axes.set_xscale("log", base=2)
+    axes.set_xlabel("batch size")
+    axes.set_ylabel("sentences / s")
+    axes.set_title("Encoder ceiling (ONNX Runtime in-process)")
+    axes.legend()
+    save_figure(figure, "encoder_ceiling")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seconds", type=float, default=3.0, help="measuring time per point (default %(default)s)")
+    parser.add_argument("--batch-sizes", type=int, nargs="+", default=list(BATCH_SIZES))
+    parser.add_argument("--lengths", type=int, nargs="+", default=list(SEQUENCE_LENGTHS))
+    args = parser.parse_args(argv)
+    setup_logging()
+    report = run(args.seconds, batch_sizes=args.batch_sizes, lengths=args.lengths)
+    write_report("encoder_ceiling", report)
+    plot(report)
+    for key, value in report["best"].items():
+        print(f"encoder ceiling {key}: {value:.0f} sentences/s")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
