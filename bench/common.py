@@ -13,7 +13,6 @@ import os
 import platform
 import random
 import shutil
-import socket
 import statistics
 import sys
 import time
@@ -25,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from headroom import config
+from server.triton import free_address, free_ports  # noqa: F401  (re-exported for the benchmarks)
 
 log = logging.getLogger("bench")
 
@@ -91,24 +91,6 @@ def pyplot():
 
 
 # --- servers ---------------------------------------------------------------------------------
-def free_ports(count: int) -> list[int]:
-    sockets = []
-    try:
-        for _ in range(count):
-            sock = socket.socket()
-            sock.bind(("127.0.0.1", 0))
-            sockets.append(sock)
-        return [sock.getsockname()[1] for sock in sockets]
-    finally:
-        for sock in sockets:
-            sock.close()
-
-
-def free_address() -> config.ServerAddress:
-    http, grpc, metrics = free_ports(3)
-    return config.ServerAddress("localhost", http, grpc, metrics)
-
-
 def system_repository(destination: Path, variant: str) -> Path:
     """A model repository with the system models and the ``variant`` encoder, no heads."""
     from export.encoder import export_all, install_encoder
@@ -198,6 +180,9 @@ class LoadResult:
     errors: int = 0
     latencies_ms: list[float] = field(default_factory=list, repr=False)
     first_error: str | None = None
+    #: CPU the load generator itself used, as a share of all cores: on this small machine the
+    #: client competes with the server for the same cores.
+    client_cpu_share: float | None = None
 
     @property
     def throughput(self) -> float:
@@ -244,6 +229,7 @@ async def _drive(
 
     client = grpc_aio.InferenceServerClient(grpc_url.split("://")[-1])
     result = LoadResult(seconds=duration_s)
+    cpu_started = time.process_time()
     started = time.perf_counter()
     measure_from = started + warmup_s
     stop_at = measure_from + duration_s
@@ -293,6 +279,8 @@ async def _drive(
                 await asyncio.gather(*pending)
     finally:
         await client.close()
+    wall = time.perf_counter() - started
+    result.client_cpu_share = round((time.process_time() - cpu_started) / (wall * (os.cpu_count() or 1)), 3)
     return result
 
 

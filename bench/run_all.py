@@ -68,6 +68,10 @@ def summary_markdown(reports: dict, elapsed_s: float) -> str:
     ]
     if int8:
         lines.append(
+            f"| share of the cores used by the load generator itself at saturation (int8) | "
+            f"{_fmt(int8['saturated'].get('client_cpu_share'))} | |"
+        )
+        lines.append(
             f"| end-to-end / encoder ceiling, int8, ≤16 tokens | {int8['ratio_to_ceiling']:.2f} "
             f"({int8['saturated']['throughput_per_s']:.0f} vs {int8['encoder_ceiling_per_s']:.0f} sentences/s)"
             " | ≥ 0.7 |"
@@ -95,15 +99,13 @@ def summary_markdown(reports: dict, elapsed_s: float) -> str:
         f"{dense['load_to_first_answer_s']['p95']:.2f} s | |",
     ]
     if peer:
-        for key, label in (("single", "1 text"), ("batch32", "32 texts")):
-            figures = peer.get(key) or {}
-            rate = figures.get("sentences_per_s")
-            if rate:
-                best = max(ceiling["best"][k] for k in ceiling["best"] if k.endswith("T16"))
-                lines.append(
-                    f"| infinity-emb (torch) sentences/s, {label} per request / our encoder ceiling | "
-                    f"{rate:.0f} / {best:.0f} | |"
-                )
+        fp32_ceiling = ceiling["best"].get("fp32_T16")
+        for mode in peer["modes"]:
+            lines.append(
+                f"| infinity-emb (torch, fp32) sentences/s, {mode['texts_per_request']} text(s) per request, "
+                f"vs our fp32 encoder ceiling | {mode['sentences_per_s']:.0f} vs {_fmt(fp32_ceiling, 0)} "
+                f"(min cosine to sentence-transformers {peer['parity']['min_cosine']:.4f}) | |"
+            )
     lines += [
         "",
         "Latency under load (open-loop Poisson arrivals, same server as the throughput run):",

@@ -46,6 +46,24 @@ def set_threads(text: str, threads: int) -> str:
     return re.sub(r'(key: "intra_op_thread_count"\s*value: \{ string_value: )"\d+"', rf'\1"{threads}"', text)
 
 
+def set_preferred_batch_sizes(text: str, sizes: tuple[int, ...]) -> str:
+    listed = ", ".join(str(size) for size in sizes)
+    return text.replace("dynamic_batching {", f"dynamic_batching {{\n  preferred_batch_size: [ {listed} ]", 1)
+
+
+def set_graph_level(text: str, level: int) -> str:
+    """The ONNX Runtime backend's ``optimization.graph.level`` (-1 basic, 1 extended, 2 none)."""
+    return text.replace("instance_group [", f"optimization {{ graph: {{ level: {level} }} }}\ninstance_group [", 1)
+
+
+def enable_response_cache(text: str) -> str:
+    return text.rstrip("\n") + "\nresponse_cache { enable: true }\n"
+
+
+#: Triton flag that gives the response cache its memory (only for candidates that enable it).
+CACHE_ARGS = ("--cache-config=local,size=268435456",)
+
+
 #: candidate name -> (model, edit of its config.pbtxt)
 CANDIDATES = {
     "shipped": None,
@@ -57,6 +75,10 @@ CANDIDATES = {
     "encoder: 1 intra-op thread": ("encoder", lambda t: set_threads(t, 1)),
     "encoder: 2 instances, 1 thread each": ("encoder", lambda t: set_threads(set_instance_count(t, 2), 1)),
     "tokenizer: 2 instances": ("tokenizer", lambda t: set_instance_count(t, 2)),
+    "encoder: preferred batch sizes 16/32/64": ("encoder", lambda t: set_preferred_batch_sizes(t, (16, 32, 64))),
+    "encoder: graph optimisation basic only": ("encoder", lambda t: set_graph_level(t, -1)),
+    "encoder: graph optimisation off": ("encoder", lambda t: set_graph_level(t, 2)),
+    "encoder: response cache": ("encoder", enable_response_cache),
     "shipped (again)": None,
 }
 
@@ -79,7 +101,10 @@ def run(seconds: float = 10.0, variant: str = "int8", candidates: dict = CANDIDA
                 if edited == path.read_text():
                     raise RuntimeError(f"candidate {name!r} changed nothing in {path}")
                 path.write_text(edited)
-            with TritonServer(free_address(), repository, log_file=RESULTS_DIR / "tuning.log") as server:
+            cache = change is not None and change[1] is enable_response_cache
+            with TritonServer(
+                free_address(), repository, log_file=RESULTS_DIR / "tuning.log", extra_args=CACHE_ARGS if cache else ()
+            ) as server:
                 traffic = pipeline_traffic(heads, texts)
                 run_load(server.address.grpc_url, traffic, duration_s=2.0, concurrency=CONCURRENCY, warmup_s=0.5)
                 result = run_load(server.address.grpc_url, traffic, duration_s=seconds, concurrency=CONCURRENCY)

@@ -22,6 +22,7 @@ import logging
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import sysconfig
@@ -129,6 +130,26 @@ def build_command(address: config.ServerAddress, repository: Path, backend_dir: 
     return command
 
 
+def free_ports(count: int) -> list[int]:
+    """``count`` TCP ports free on this host right now (tests and benchmarks run beside ``make serve``)."""
+    sockets = []
+    try:
+        for _ in range(count):
+            sock = socket.socket()
+            sock.bind(("127.0.0.1", 0))
+            sockets.append(sock)
+        return [sock.getsockname()[1] for sock in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
+def free_address(host: str = "localhost") -> config.ServerAddress:
+    """A server address on free HTTP, gRPC and metrics ports."""
+    http_port, grpc_port, metrics_port = free_ports(3)
+    return config.ServerAddress(host, http_port, grpc_port, metrics_port)
+
+
 def _http_status(url: str, method: str = "GET", timeout_s: float = 2.0) -> int | None:
     request = urllib.request.Request(url, method=method, data=b"" if method == "POST" else None)
     try:
@@ -150,15 +171,18 @@ class TritonServer:
         log_file: Path | None = None,
         models: list[str] | None = None,
         system_models: tuple[str, ...] = config.SYSTEM_MODELS,
+        extra_args: tuple[str, ...] = (),
     ) -> None:
         """``models``: what to load at start-up (default: system models and every head found);
-        ``system_models``: those that must be READY (benchmarks of other layouts pass their own)."""
+        ``system_models``: those that must be READY (benchmarks of other layouts pass their own);
+        ``extra_args``: more ``tritonserver`` flags (e.g. ``--cache-config`` for tuning runs)."""
         self.address = address or config.ServerAddress()
         self.repository = Path(repository).resolve()
         self.log_file = log_file
         self.process: subprocess.Popen | None = None
         self.requested_models = models
         self.system_models = system_models
+        self.extra_args = tuple(extra_args)
         self.models: list[str] = []
         self._log_handle = None
 
@@ -173,7 +197,7 @@ class TritonServer:
             self.models = list(self.requested_models)
         else:
             self.models = startup_models(self.repository)
-        command = build_command(self.address, self.repository, backend_dir, self.models)
+        command = [*build_command(self.address, self.repository, backend_dir, self.models), *self.extra_args]
         log.info("starting tritonserver with %d models", len(self.models))
         output = None
         if self.log_file is not None:

@@ -7,7 +7,6 @@ keep a running ``make serve`` undisturbed. Nothing here mocks Triton or ONNX Run
 from __future__ import annotations
 
 import shutil
-import socket
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from headroom import config
-from server.triton import TritonServer, triton_dir
+from server.triton import TritonServer, free_address, triton_dir
 
 # Unit tests import helper modules from model_repository/: never leave a __pycache__ there
 # (Triton takes a changed model folder as a changed model).
@@ -23,19 +22,6 @@ sys.dont_write_bytecode = True
 
 PROJECT_ROOT = config.PROJECT_ROOT
 DEMO_HEADS = ("knowledge", "lifestyle", "smalltalk", "smart_home")
-
-
-def _free_ports(count: int) -> list[int]:
-    sockets = []
-    try:
-        for _ in range(count):
-            sock = socket.socket()
-            sock.bind(("127.0.0.1", 0))
-            sockets.append(sock)
-        return [sock.getsockname()[1] for sock in sockets]
-    finally:
-        for sock in sockets:
-            sock.close()
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -90,8 +76,7 @@ def triton(built_repository: Path, tmp_path_factory: pytest.TempPathFactory):
     root = tmp_path_factory.mktemp("served")
     repository = root / "model_repository"
     shutil.copytree(built_repository, repository, ignore=shutil.ignore_patterns("__pycache__"))
-    http_port, grpc_port, metrics_port = _free_ports(3)
-    address = config.ServerAddress("localhost", http_port, grpc_port, metrics_port)
+    address = free_address()
     log_file = root / "tritonserver.log"
     server = TritonServer(address, repository, log_file=log_file)
     server.start()

@@ -57,6 +57,7 @@ def test_quick_run_of_all_benchmarks_writes_reports(tmp_path):
     assert all(row["errors"] == 0 for row in tenants["headroom"] + tenants["one_model_per_tenant"])
     summary = (tmp_path / "summary.md").read_text()
     assert "end-to-end / encoder ceiling, int8" in summary and "| figure | measured | target |" in summary
+    assert "infinity-emb (torch, fp32) sentences/s, 1 text(s) per request" in summary
 
 
 def test_summary_replaces_only_the_marked_part_of_the_readme(tmp_path):

@@ -12,8 +12,11 @@ Contract (what it honours from ``config.pbtxt``):
 - ``max_batch_size``: when > 0, all requests of a batch whose inputs share their non-batch shapes
   run as **one** session call and are split back per request; others run in shape groups;
 - only the outputs some request asked for are computed (all of them when none is named);
-- ``parameters``: ``intra_op_thread_count`` and ``inter_op_thread_count`` (as the C++ backend
-  names them; 0 = ONNX Runtime's default), and ``enable_mem_arena`` ("true"/"false").
+- ONNX Runtime session options named as the C++ backend names them: ``parameters``
+  ``intra_op_thread_count`` / ``inter_op_thread_count`` (0 = ONNX Runtime's default),
+  ``execution_mode`` (0 sequential, 1 parallel), ``enable_mem_arena`` and ``enable_mem_pattern``
+  ("1"/"0"), and ``optimization { graph { level } }`` (-1 basic, 1 basic + extended, 2 none;
+  unset = all optimisations).
 
 Errors: a request missing an input or whose group fails in ONNX Runtime gets an error response
 (INVALID_ARG or INTERNAL); other requests of the batch are unaffected.
@@ -29,12 +32,37 @@ import numpy as np
 import onnxruntime as ort
 import triton_python_backend_utils as pb_utils
 
+#: ``optimization.graph.level`` of config.pbtxt, as the C++ ONNX Runtime backend reads it.
+GRAPH_LEVELS = {
+    -1: ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+    1: ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+    2: ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+}
+
 
 def _parameter(model_config: dict, key: str, default: str) -> str:
     entry = model_config.get("parameters", {}).get(key)
     if not entry:
         return default
     return entry.get("string_value", default)
+
+
+def _flag(model_config: dict, key: str, default: bool) -> bool:
+    return _parameter(model_config, key, "1" if default else "0").strip().lower() in ("1", "true")
+
+
+def session_options(model_config: dict) -> ort.SessionOptions:
+    """ONNX Runtime options from the config, named and valued as the C++ backend does."""
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = int(_parameter(model_config, "intra_op_thread_count", "0"))
+    options.inter_op_num_threads = int(_parameter(model_config, "inter_op_thread_count", "0"))
+    if _parameter(model_config, "execution_mode", "0") == "1":
+        options.execution_mode = ort.ExecutionMode.ORT_PARALLEL
+    options.enable_cpu_mem_arena = _flag(model_config, "enable_mem_arena", True)
+    options.enable_mem_pattern = _flag(model_config, "enable_mem_pattern", True)
+    level = int(model_config.get("optimization", {}).get("graph", {}).get("level", 0) or 0)
+    options.graph_optimization_level = GRAPH_LEVELS.get(level, ort.GraphOptimizationLevel.ORT_ENABLE_ALL)
+    return options
 
 
 class TritonPythonModel:
@@ -47,10 +75,7 @@ class TritonPythonModel:
         if not os.path.exists(path):
             raise pb_utils.TritonModelException(f"model file {path} does not exist")
 
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = int(_parameter(config, "intra_op_thread_count", "0"))
-        options.inter_op_num_threads = int(_parameter(config, "inter_op_thread_count", "0"))
-        options.enable_cpu_mem_arena = _parameter(config, "enable_mem_arena", "true").lower() == "true"
+        options = session_options(config)
         self.session = ort.InferenceSession(path, sess_options=options, providers=["CPUExecutionProvider"])
 
         self.batching = config.get("max_batch_size", 0) > 0
