@@ -183,6 +183,8 @@ class LoadResult:
     #: CPU the load generator itself used, as a share of all cores: on this small machine the
     #: client competes with the server for the same cores.
     client_cpu_share: float | None = None
+    #: Open loop only: arrivals not sent because ``concurrency`` requests were already waiting.
+    dropped_arrivals: int = 0
 
     @property
     def throughput(self) -> float:
@@ -202,9 +204,6 @@ class LoadResult:
             data[f"p{q}_ms"] = None if value is None else round(value, 2)
         data["mean_ms"] = round(statistics.fmean(self.latencies_ms), 2) if self.latencies_ms else None
         return data
-
-
-RequestBuilder = Callable[[object], tuple[str, list, bool]]
 
 
 def pipeline_request(grpc_module, text: str, head: str) -> list:
@@ -243,7 +242,9 @@ async def _drive(
         except Exception as exc:  # tritonclient raises InferenceServerException
             failed, message = True, str(exc)
         t1 = time.perf_counter()
-        if t0 < measure_from or t1 > stop_at:
+        # Closed loop: count what completes inside the window (throughput). Open loop: count every
+        # request that *started* inside it, however late it ends, so the slow tail is not trimmed.
+        if t0 < measure_from or (t1 > stop_at if rate_per_s is None else t0 >= stop_at):
             return
         if failed and expect_failure and "is not loaded" in (message or ""):
             result.expected_failures += 1
@@ -274,6 +275,8 @@ async def _drive(
                     task = asyncio.create_task(one())
                     pending.add(task)
                     task.add_done_callback(pending.discard)
+                elif next_at >= measure_from:
+                    result.dropped_arrivals += 1
                 next_at += rng.expovariate(rate_per_s)
             if pending:
                 await asyncio.gather(*pending)

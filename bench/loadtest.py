@@ -159,7 +159,9 @@ def http_status(url: str, timeout_s: float = 2.0) -> int | None:
 
 def server_answers(http_url: str) -> bool:
     """True when a ready headroom server answers; SystemExit when something else holds the port."""
-    health = http_status(f"{http_url}/v2/health/ready")
+    # Liveness, then the pipeline's readiness: /v2/health/ready turns false for the whole server
+    # when any one head failed to load (strict readiness), which must not stop a load test.
+    health = http_status(f"{http_url}/v2/health/live")
     if health is None:
         return False
     if health == 200 and http_status(f"{http_url}/v2/models/{PIPELINE_NAME}/ready") == 200:

@@ -69,7 +69,7 @@ CANDIDATES = {
     "shipped": None,
     "pipeline: 1 instance": ("pipeline", lambda t: set_instance_count(t, 1)),
     "pipeline: 4 instances": ("pipeline", lambda t: set_instance_count(t, 4)),
-    "pipeline: queue delay 0": ("pipeline", lambda t: set_queue_delay(t, 0)),
+    "pipeline: queue delay 2 ms": ("pipeline", lambda t: set_queue_delay(t, 2000)),
     "pipeline: queue delay 10 ms": ("pipeline", lambda t: set_queue_delay(t, 10000)),
     "encoder: queue delay 0": ("encoder", lambda t: set_queue_delay(t, 0)),
     "encoder: 1 intra-op thread": ("encoder", lambda t: set_threads(t, 1)),

@@ -28,7 +28,8 @@ def _setup_logging(verbose: bool) -> None:
 def _client(args: argparse.Namespace):
     from client.headroom_client import HeadroomClient
 
-    return HeadroomClient(args.url, repository=Path(args.repository))
+    repository = Path(args.repository)
+    return HeadroomClient(args.url, repository=repository, state_dir=config.state_dir_for(repository))
 
 
 # --- subcommands -----------------------------------------------------------------------------
@@ -45,7 +46,8 @@ def cmd_export(args: argparse.Namespace) -> int:
 def cmd_heads(args: argparse.Namespace) -> int:
     from export.tenants import build_demo_heads
 
-    for name, metrics in build_demo_heads(Path(args.repository)):
+    repository = Path(args.repository)
+    for name, metrics in build_demo_heads(repository, config.state_dir_for(repository)):
         print(
             f"head {name:<12} accuracy {metrics['holdout_accuracy']:.3f}  macro-F1 {metrics['holdout_macro_f1']:.3f}"
             f"  ({metrics['classes']} classes, {metrics['holdout_examples']} held out)"
@@ -58,9 +60,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from server.triton import TritonServer
 
     address = config.ServerAddress(args.host, args.http_port, args.grpc_port, args.metrics_port)
-    cleaned = clean_staging()
+    state_dir = config.state_dir_for(Path(args.repository))
+    cleaned = clean_staging(state_dir)
     if cleaned:
-        log.info("removed %d unfinished onboarding(s) from %s", cleaned, config.STATE_DIR / "staging")
+        log.info("removed %d unfinished onboarding(s) from %s", cleaned, state_dir / "staging")
     server = TritonServer(address, Path(args.repository))
     stop = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
@@ -68,7 +71,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     server.start()
     try:
         with _status("waiting for Triton to load the models"):
-            failed = server.wait_ready()
+            failed = server.wait_ready(stop=stop)
         heads = [m for m in server.models if m.startswith(config.HEAD_MODEL_PREFIX) and m not in failed]
         print(
             f"headroom is serving {len(heads)} heads: HTTP {address.http_url}  gRPC {address.grpc_url}  "

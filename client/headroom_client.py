@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections.abc import Sequence
@@ -24,6 +25,8 @@ import numpy as np
 
 from headroom import config
 from headroom.naming import head_model_name, head_name_of
+
+EMBEDDING = "sentence_embedding"
 
 
 class HeadroomError(RuntimeError):
@@ -105,6 +108,8 @@ class HeadroomClient:
         kwargs = {"network_timeout": timeout_s, "connection_timeout": timeout_s} if self.protocol == "http" else {}
         self._client = triton.InferenceServerClient(self.address, **kwargs)
         self._local = threading.local()
+        self._thread_clients: list = []
+        self._thread_clients_lock = threading.Lock()
         self._pool = ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="headroom-http")
         # Control-plane calls (load/unload) are serialised per client: Triton handles them one
         # at a time anyway, and overlapping loads of one head must not interleave.
@@ -112,6 +117,8 @@ class HeadroomClient:
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)
+        for client in self._thread_clients:
+            client.close()
         self._client.close()
 
     def __enter__(self) -> HeadroomClient:
@@ -139,7 +146,10 @@ class HeadroomClient:
                 else:
                     future.set_result(result)
 
-            self._client.async_infer(model, inputs, callback=done, outputs=requested, client_timeout=self.timeout_s)
+            try:
+                self._client.async_infer(model, inputs, callback=done, outputs=requested, client_timeout=self.timeout_s)
+            except Exception as exc:  # refused before sending (bad input, closed channel)
+                future.set_exception(HeadroomError(_message_of(exc), _status_of(exc)))
             return future
 
         def call() -> None:
@@ -149,6 +159,8 @@ class HeadroomClient:
                 client = self._local.client = self._triton.InferenceServerClient(
                     self.address, network_timeout=self.timeout_s, connection_timeout=self.timeout_s
                 )
+                with self._thread_clients_lock:
+                    self._thread_clients.append(client)
             try:
                 future.set_result(client.infer(model, inputs, outputs=requested))
             except Exception as exc:  # tritonclient raises InferenceServerException
@@ -169,25 +181,44 @@ class HeadroomClient:
         heads = [head] * len(texts) if isinstance(head, str) else list(head)
         if len(heads) != len(texts):
             raise ValueError(f"{len(texts)} texts but {len(heads)} head names")
-        results: list = [None] * len(texts)
-        gate = threading.BoundedSemaphore(self.concurrency)
-        pending = []
-        for index, (text, name) in enumerate(zip(texts, heads, strict=True)):
-            gate.acquire()
-            future = self._submit(
+        calls = [
+            (
                 config.PIPELINE_MODEL,
                 [self._string_input("TEXT", [text]), self._string_input("HEAD", [name])],
                 ["LABEL", "SCORE", "PROBS", "LABELS"],
             )
-            future.add_done_callback(lambda _f: gate.release())
-            pending.append((index, text, name, future))
-        for index, text, name, future in pending:
-            try:
-                results[index] = self._to_classification(text, name, future.result(timeout=self.timeout_s))
-            except HeadroomError as exc:
+            for text, name in zip(texts, heads, strict=True)
+        ]
+        results: list = []
+        for text, name, result in zip(texts, heads, self._run_all(calls), strict=True):
+            if isinstance(result, HeadroomError):
                 if not return_errors:
-                    raise
-                results[index] = exc
+                    raise result
+                results.append(result)
+            else:
+                results.append(self._to_classification(text, name, result))
+        return results
+
+    def _run_all(self, calls: list[tuple[str, list, list[str]]]) -> list:
+        """Run every (model, inputs, outputs) call, ``concurrency`` at a time; results in order.
+
+        Each item is tritonclient's result or a ``HeadroomError`` (timeouts included).
+        """
+        gate = threading.BoundedSemaphore(self.concurrency)
+        futures = []
+        for model, inputs, outputs in calls:
+            gate.acquire()
+            future = self._submit(model, inputs, outputs)
+            future.add_done_callback(lambda _f: gate.release())
+            futures.append(future)
+        results = []
+        for future in futures:
+            try:
+                results.append(future.result(timeout=self.timeout_s))
+            except HeadroomError as exc:
+                results.append(exc)
+            except TimeoutError:
+                results.append(HeadroomError(f"no answer within {self.timeout_s:.0f} s", "DEADLINE_EXCEEDED"))
         return results
 
     @staticmethod
@@ -204,15 +235,15 @@ class HeadroomClient:
 
     def embed(self, texts: Sequence[str], batch_size: int = config.EMBED_BATCH_SIZE) -> np.ndarray:
         """Sentence embeddings from the served encoder (model ``embed``): FP32 [len(texts), 384]."""
-        futures = [
-            self._submit(
-                config.EMBED_MODEL,
-                [self._string_input("TEXT", texts[start : start + batch_size])],
-                ["sentence_embedding"],
-            )
+        calls = [
+            (config.EMBED_MODEL, [self._string_input("TEXT", texts[start : start + batch_size])], [EMBEDDING])
             for start in range(0, len(texts), batch_size)
         ]
-        chunks = [future.result(timeout=self.timeout_s).as_numpy("sentence_embedding") for future in futures]
+        chunks = []
+        for result in self._run_all(calls):
+            if isinstance(result, HeadroomError):
+                raise result
+            chunks.append(result.as_numpy(EMBEDDING))
         if not chunks:
             return np.zeros((0, config.EMBEDDING_DIM), dtype=np.float32)
         return np.concatenate(chunks).astype(np.float32, copy=False)
@@ -265,10 +296,9 @@ class HeadroomClient:
         started = time.perf_counter()
         model_name = head_model_name(name)
         fingerprint = read_encoder_info(self.repository)["fingerprint"]
-        training_started = time.perf_counter()
+        # Embedding and fitting happen outside the lock; writing is atomic on its own.
+        stored = build_head(name, Path(data_file), self.embed, fingerprint, self.repository, self.state_dir)
         with self._control_lock:
-            stored = build_head(name, Path(data_file), self.embed, fingerprint, self.repository, self.state_dir)
-            training_seconds = time.perf_counter() - training_started
             try:
                 self._load(model_name)
             except HeadroomError:
@@ -277,8 +307,12 @@ class HeadroomClient:
             head_store.archive_old_versions(
                 name, keep=stored.version, repository=self.repository, state_dir=self.state_dir
             )
-        info = head_store.read_head_info(name, self.repository)
-        return OnboardResult(name, stored.version, info["metrics"], time.perf_counter() - started, training_seconds)
+        info = json.loads((stored.path / str(stored.version) / head_store.HEAD_INFO_FILE).read_text())
+        metrics = info["metrics"]
+        # training_seconds (embedding through the server + fitting) is measured by train_head.
+        return OnboardResult(
+            name, stored.version, metrics, time.perf_counter() - started, float(metrics["training_seconds"])
+        )
 
     def _withdraw(self, stored) -> None:
         """Take a head version that failed to load back out of the repository."""

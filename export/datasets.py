@@ -33,7 +33,11 @@ def _check_row(source: str, text: object, label: object) -> tuple[str, str]:
         raise DatasetError(f"{source}: 'text' is missing or empty")
     if label is None or (isinstance(label, str) and not label.strip()) or isinstance(label, (dict, list)):
         raise DatasetError(f"{source}: 'label' is missing or empty")
-    return text.strip(), str(label).strip()
+    label = str(label).strip()
+    if any(not character.isprintable() for character in label):
+        # Labels travel one per line in labels.txt: a line break inside one would shift them all.
+        raise DatasetError(f"{source}: label {label!r} contains a line break or control character")
+    return text.strip(), label
 
 
 def _read_jsonl(path: Path) -> list[tuple[str, str]]:

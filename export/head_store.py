@@ -181,11 +181,14 @@ def archive_path(model_name: str, state_dir: Path = config.STATE_DIR, suffix: st
 def archive_old_versions(
     name: str, keep: int, repository: Path = config.MODEL_REPOSITORY, state_dir: Path = config.STATE_DIR
 ) -> list[Path]:
-    """Move every version other than ``keep`` out of the repository into the archive."""
+    """Move the versions older than ``keep`` out of the repository into the archive.
+
+    Newer ones stay: another onboarding may have just written and loaded one.
+    """
     model_dir = head_dir(name, repository)
     moved = []
     for version in versions_of(model_dir):
-        if version != keep:
+        if version < keep:
             target = archive_path(head_model_name(name), state_dir, suffix=f".v{version}")
             target.parent.mkdir(parents=True, exist_ok=True)
             os.rename(model_dir / str(version), target)
@@ -206,12 +209,17 @@ def archive_head(
     return target
 
 
+#: Staging folders younger than this may belong to an onboarding still running elsewhere.
+STAGING_ABANDONED_AFTER_S = 3600
+
+
 def clean_staging(state_dir: Path = config.STATE_DIR) -> int:
-    """Remove staging leftovers of interrupted onboardings; returns how many."""
+    """Remove staging leftovers of interrupted onboardings (older than an hour); returns how many."""
     staging_root = state_dir / "staging"
     if not staging_root.is_dir():
         return 0
-    leftovers = list(staging_root.iterdir())
+    cutoff = time.time() - STAGING_ABANDONED_AFTER_S
+    leftovers = [entry for entry in staging_root.iterdir() if entry.stat().st_mtime < cutoff]
     for entry in leftovers:
         shutil.rmtree(entry, ignore_errors=True)
     return len(leftovers)

@@ -13,22 +13,12 @@ from pathlib import Path
 
 from export.datasets import load_labelled_file
 from export.demo import write_demo_data
-from export.head_store import StoredHead, archive_old_versions, read_head_info, write_head
+from export.head_store import StoredHead, read_head_info, write_head
 from export.heads import Embedder, train_head
 from headroom import config
 from headroom.naming import validate_head_name
 
 log = logging.getLogger(__name__)
-
-
-class OnboardingError(ValueError):
-    """A head that must not be onboarded, with the reason."""
-
-
-def check_head_name(name: str) -> str:
-    """The naming rule, plus: no name whose model would shadow a system model."""
-    validate_head_name(name)
-    return name
 
 
 def file_digest(path: Path) -> str:
@@ -44,7 +34,7 @@ def build_head(
     state_dir: Path = config.STATE_DIR,
 ) -> StoredHead:
     """Train head ``name`` from ``data_file`` and write it (or its next version) atomically."""
-    check_head_name(name)
+    validate_head_name(name)
     data = load_labelled_file(data_file)
     head = train_head(data, embed)
     head.metrics["data_sha256"] = file_digest(data_file)
@@ -65,7 +55,11 @@ def is_current(name: str, data_file: Path, fingerprint: str, repository: Path = 
 def build_demo_heads(
     repository: Path = config.MODEL_REPOSITORY, state_dir: Path = config.STATE_DIR
 ) -> list[tuple[str, dict]]:
-    """Build every demo tenant's head that is missing or stale; returns (name, metrics) of all."""
+    """Build every demo tenant's head that is missing or stale; returns (name, metrics) of all.
+
+    A stale head gets a new version; older versions stay on disk, since a running server may be
+    serving them (Triton loads only the newest at the next start).
+    """
     from export.embeddings import RepositoryEmbedder
     from export.encoder import read_encoder_info
 
@@ -76,7 +70,7 @@ def build_demo_heads(
         if not is_current(tenant.name, tenant.data_file, fingerprint, repository):
             embedder = embedder or RepositoryEmbedder(repository)
             log.info("training demo head %s from %s", tenant.name, tenant.data_file)
-            stored = build_head(
+            build_head(
                 tenant.name,
                 tenant.data_file,
                 partial(embedder, progress=True),
@@ -84,6 +78,5 @@ def build_demo_heads(
                 repository,
                 state_dir,
             )
-            archive_old_versions(tenant.name, keep=stored.version, repository=repository, state_dir=state_dir)
         summary.append((tenant.name, read_head_info(tenant.name, repository)["metrics"]))
     return summary

@@ -54,9 +54,18 @@ ENCODER_VERSION = "1"
 MODEL_REPOSITORY = _env_path("HEADROOM_MODEL_REPOSITORY", PROJECT_ROOT / "model_repository")
 #: Exported encoder variants (both fp32 and int8) before one is copied into the repository.
 BUILD_DIR = _env_path("HEADROOM_BUILD_DIR", PROJECT_ROOT / "build")
-#: Staging and archive folders for onboarding; must be on the repository's filesystem so that
-#: a finished head can be renamed into place atomically.
-STATE_DIR = _env_path("HEADROOM_STATE_DIR", MODEL_REPOSITORY.parent / ".headroom")
+
+
+def state_dir_for(repository: Path) -> Path:
+    """Staging and archive folders for onboarding into ``repository``.
+
+    They must be on the repository's filesystem so that a finished head can be renamed into
+    place atomically: by default ``<repository>/../.headroom`` (env HEADROOM_STATE_DIR).
+    """
+    return _env_path("HEADROOM_STATE_DIR", Path(repository).resolve().parent / ".headroom")
+
+
+STATE_DIR = state_dir_for(MODEL_REPOSITORY)
 #: Demo tenants' training files that ship in the repo.
 DEMO_DATA_DIR = PROJECT_ROOT / "export" / "data"
 
@@ -67,7 +76,7 @@ GRPC_PORT = _env_int("HEADROOM_GRPC_PORT", 8001)
 METRICS_PORT = _env_int("HEADROOM_METRICS_PORT", 8002)
 SERVER_READY_TIMEOUT_S = _env_int("HEADROOM_READY_TIMEOUT_S", 300)
 SERVER_SHUTDOWN_TIMEOUT_S = _env_int("HEADROOM_SHUTDOWN_TIMEOUT_S", 30)
-#: Where tritonserver's own log goes when the launcher runs it in the background.
+#: Triton's --log-verbose level.
 SERVER_LOG_VERBOSE = _env_int("HEADROOM_LOG_VERBOSE", 0)
 
 # --- client ----------------------------------------------------------------------------------
@@ -78,7 +87,7 @@ CLIENT_TIMEOUT_S = _env_int("HEADROOM_CLIENT_TIMEOUT_S", 60)
 CLIENT_CONCURRENCY = _env_int("HEADROOM_CLIENT_CONCURRENCY", 16)
 #: Texts per ``embed`` request when training a head through the server.
 EMBED_BATCH_SIZE = _env_int("HEADROOM_EMBED_BATCH_SIZE", 32)
-#: How long ``onboard`` waits for Triton to report a newly loaded head READY.
+#: How long ``offboard`` waits for Triton to report an unloaded head no longer READY.
 LOAD_TIMEOUT_S = _env_int("HEADROOM_LOAD_TIMEOUT_S", 120)
 
 # --- head training ---------------------------------------------------------------------------

@@ -26,6 +26,7 @@ import socket
 import subprocess
 import sys
 import sysconfig
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -72,7 +73,8 @@ def _copy_if_changed(source: Path, target: Path) -> None:
         if source.stat().st_size == target.stat().st_size and source.read_bytes() == target.read_bytes():
             return
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.tmp")
+    # A name of its own: the test fixture and `make serve` may prepare the folder at once.
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.{threading.get_ident()}.tmp")
     shutil.copy2(source, tmp)
     tmp.replace(target)
 
@@ -117,6 +119,8 @@ def build_command(address: config.ServerAddress, repository: Path, backend_dir: 
         f"--model-repository={repository}",
         f"--backend-directory={backend_dir}",
         "--model-control-mode=explicit",
+        # Where the response-cache library lives in the wheel; used only with --cache-config.
+        f"--cache-directory={triton_dir() / 'caches'}",
         # A head that fails to load must not keep the other tenants offline; the launcher
         # checks the system models itself and reports heads that did not come up.
         "--exit-on-error=false",
@@ -204,22 +208,31 @@ class TritonServer:
             self.log_file.parent.mkdir(parents=True, exist_ok=True)
             self._log_handle = self.log_file.open("ab")
             output = self._log_handle
-        self.process = subprocess.Popen(
-            command,
-            env=server_environment(),
-            stdout=output,
-            stderr=subprocess.STDOUT if output else None,
-            preexec_fn=_die_with_parent,
-        )
+        try:
+            self.process = subprocess.Popen(
+                command,
+                env=server_environment(),
+                stdout=output,
+                stderr=subprocess.STDOUT if output else None,
+                preexec_fn=_die_with_parent,
+            )
+        except OSError as exc:
+            self._close_log()
+            raise ServerError(f"cannot start {command[0]}: {exc}") from exc
 
-    def wait_ready(self, timeout_s: float = config.SERVER_READY_TIMEOUT_S) -> list[str]:
+    def wait_ready(
+        self, timeout_s: float = config.SERVER_READY_TIMEOUT_S, stop: threading.Event | None = None
+    ) -> list[str]:
         """Poll until the server is live and the system models are READY.
 
-        Returns the heads that failed to load (they are reported, not fatal).
+        Returns the heads that failed to load (they are reported, not fatal). Setting ``stop``
+        (a signal handler does) abandons the wait with ``ServerError``.
         """
         deadline = time.monotonic() + timeout_s
         base = self.address.http_url
         while time.monotonic() < deadline:
+            if stop is not None and stop.is_set():
+                raise ServerError("start-up interrupted")
             self._check_alive()
             if _http_status(f"{base}/v2/health/live") == 200 and all(
                 _http_status(f"{base}/v2/models/{name}/ready") == 200 for name in self.system_models
@@ -258,10 +271,13 @@ class TritonServer:
                 self.process.wait()
         code = self.process.returncode
         self.process = None
+        self._close_log()
+        return code
+
+    def _close_log(self) -> None:
         if self._log_handle is not None:
             self._log_handle.close()
             self._log_handle = None
-        return code
 
     def __enter__(self) -> TritonServer:
         self.start()

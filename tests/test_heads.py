@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 
 import numpy as np
 import onnxruntime as ort
@@ -108,6 +109,7 @@ def test_loads_jsonl_and_csv(tmp_path):
         ("cols.csv", "sentence,intent\na,x\n", "must name 'text' and 'label'"),
         ("data.txt", "a\n", "unknown format"),
         ("blank.jsonl", "\n\n", "no labelled examples"),
+        ("newline.jsonl", '{"text": "a", "label": "x\\ny"}\n{"text": "b", "label": "x\\ny"}\n', "line break"),
     ],
 )
 def test_refuses_unusable_training_files(tmp_path, name, content, message):
@@ -137,10 +139,15 @@ def test_write_head_is_atomic_and_versioned(tmp_path):
     assert head_store.versions_of(folder) == [1, 2]
     assert os.listdir(state / "staging") == []  # nothing left behind
 
+    third = head_store.write_head("acme", head, "sha256:enc", repository=repository, state_dir=state)
+    assert third.version == 3
+    # Keeping version 2 archives the older one only: version 3 may be another onboarding's.
     moved = head_store.archive_old_versions("acme", keep=2, repository=repository, state_dir=state)
-    assert len(moved) == 1 and head_store.versions_of(folder) == [2]
+    assert len(moved) == 1 and head_store.versions_of(folder) == [2, 3]
+    head_store.archive_old_versions("acme", keep=3, repository=repository, state_dir=state)
+    assert head_store.versions_of(folder) == [3]
     archived = head_store.archive_head("acme", repository=repository, state_dir=state)
-    assert not folder.exists() and (archived / "2" / "model.onnx").exists()
+    assert not folder.exists() and (archived / "3" / "model.onnx").exists()
     assert head_store.archive_head("acme", repository=repository, state_dir=state) is None
 
 
@@ -159,7 +166,11 @@ def test_failed_write_leaves_no_partial_head(tmp_path, monkeypatch):
     assert os.listdir(state / "staging") == []
 
 
-def test_clean_staging_removes_leftovers(tmp_path):
-    (tmp_path / "staging" / "head_x.123" / "1").mkdir(parents=True)
+def test_clean_staging_removes_only_abandoned_leftovers(tmp_path):
+    old = tmp_path / "staging" / "head_x.123"
+    (old / "1").mkdir(parents=True)
+    (tmp_path / "staging" / "head_y.456").mkdir()  # may belong to an onboarding still running
+    stale = time.time() - head_store.STAGING_ABANDONED_AFTER_S - 10
+    os.utime(old, (stale, stale))
     assert head_store.clean_staging(tmp_path) == 1
-    assert os.listdir(tmp_path / "staging") == []
+    assert os.listdir(tmp_path / "staging") == ["head_y.456"]

@@ -143,10 +143,14 @@ class TritonPythonModel:
         try:
             results = self.session.run(output_names, batch_feed)
         except Exception as exc:  # ONNX Runtime raises its own exception types for bad shapes/values
-            for index in members:
-                # One error object per response: Triton frees each with its response.
-                error = pb_utils.TritonError(f"ONNX Runtime failed: {exc}", pb_utils.TritonError.INTERNAL)
-                responses[index] = pb_utils.InferenceResponse(error=error)
+            if len(members) > 1:
+                # One bad request must not fail its batch-mates: run each member on its own.
+                for index in members:
+                    self._run_group([index], feeds, wanted, responses)
+                return
+            # One error object per response: Triton frees each with its response.
+            error = pb_utils.TritonError(f"ONNX Runtime failed: {exc}", pb_utils.TritonError.INTERNAL)
+            responses[members[0]] = pb_utils.InferenceResponse(error=error)
             return
         by_name = dict(zip(output_names, results, strict=True))
         offset = 0

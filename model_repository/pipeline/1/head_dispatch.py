@@ -94,6 +94,13 @@ class HeadDispatcher:
         return dict(zip(heads, results, strict=True))
 
     async def _run_head(self, head: str, rows: np.ndarray):
+        """One head's rows: its probabilities, or one TritonError for those rows alone."""
+        try:
+            return await self._run_head_unguarded(head, rows)
+        except Exception as exc:  # never let one head's trouble fail the other tenants of the batch
+            return pb_utils.TritonError(f"head '{head}' failed: {exc}", pb_utils.TritonError.INTERNAL)
+
+    async def _run_head_unguarded(self, head: str, rows: np.ndarray):
         served = self._resolve(head)
         if served is None:
             return not_loaded_error(head)
@@ -144,7 +151,11 @@ class HeadDispatcher:
                 model, str(cached.newest_on_disk)
             ):
                 return cached
-        versions = sorted((int(n) for n in os.listdir(folder) if n.isdigit()), reverse=True)
+        try:
+            versions = _version_numbers(folder)
+        except OSError:  # offboarded between the stat above and now
+            self._served.pop(head, None)
+            return None
         for version in versions:
             if pb_utils.is_model_ready(model, str(version)):
                 version_dir = os.path.join(folder, str(version))
@@ -165,10 +176,15 @@ class HeadDispatcher:
         return None
 
 
+def _version_numbers(model_dir: str) -> list[int]:
+    """Numeric version folders of a model, newest first."""
+    return sorted((int(n) for n in os.listdir(model_dir) if n.isascii() and n.isdigit()), reverse=True)
+
+
 def read_encoder_fingerprint(encoder_dir: str) -> str | None:
     """Fingerprint in the newest ``<encoder>/<version>/encoder.json``, or None without one."""
     try:
-        versions = sorted((int(n) for n in os.listdir(encoder_dir) if n.isdigit()), reverse=True)
+        versions = _version_numbers(encoder_dir)
     except FileNotFoundError:
         return None
     for version in versions:
@@ -181,16 +197,18 @@ def read_encoder_fingerprint(encoder_dir: str) -> str | None:
 def _read_json(path: str) -> dict:
     try:
         with open(path, encoding="utf-8") as handle:
-            return json.load(handle)
-    except (FileNotFoundError, ValueError):
+            value = json.load(handle)
+    except (OSError, ValueError):
         return {}
+    return value if isinstance(value, dict) else {}
 
 
 def _read_labels(path: str) -> tuple[str, ...]:
     try:
-        with open(path, encoding="utf-8") as handle:
+        # newline="\n": only line feeds separate labels (the store refuses labels with any).
+        with open(path, encoding="utf-8", newline="\n") as handle:
             return tuple(line.rstrip("\n") for line in handle if line.strip())
-    except FileNotFoundError:
+    except (OSError, UnicodeDecodeError):
         return ()
 
 

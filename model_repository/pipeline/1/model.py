@@ -94,7 +94,7 @@ class TritonPythonModel:
                     responses[index] = _error_response(embeddings)
             else:
                 rows_by_head = group_rows_by_head(heads)
-                outputs = await self.dispatcher.run(embeddings, rows_by_head)
+                outputs = await self.dispatcher.run(embeddings, rows_by_head)  # errors per head, never raises
                 for head, rows in rows_by_head.items():
                     result = outputs[head]
                     for position, row in enumerate(rows):
