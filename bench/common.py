@@ -207,12 +207,9 @@ class LoadResult:
 
 
 def pipeline_request(grpc_module, text: str, head: str) -> list:
-    inputs = []
-    for name, value in (("TEXT", text), ("HEAD", head)):
-        tensor = grpc_module.InferInput(name, [1, 1], "BYTES")
-        tensor.set_data_from_numpy(np.array([[value.encode("utf-8")]], dtype=np.object_))
-        inputs.append(tensor)
-    return inputs
+    from client.headroom_client import bytes_input
+
+    return [bytes_input(grpc_module, "TEXT", [text]), bytes_input(grpc_module, "HEAD", [head])]
 
 
 async def _drive(

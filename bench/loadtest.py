@@ -32,8 +32,10 @@ import urllib.request
 from contextlib import ExitStack
 from pathlib import Path
 
+from client.headroom_client import default_http_url
 from client.traffic import EXPECTED_FAILURE_SHARE
 from headroom import config
+from server.triton import http_status
 
 log = logging.getLogger("loadtest")
 
@@ -122,11 +124,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 # --- the server -------------------------------------------------------------------------------
-def default_http_url() -> str:
-    url = os.environ.get("HEADROOM_URL", "")
-    return url if url.startswith("http://") else config.ServerAddress().http_url
-
-
 def server_address(http_url: str, grpc_url: str | None = None) -> config.ServerAddress:
     """Ports of the server at ``http_url``: gRPC from ``grpc_url`` when given; otherwise the configured
     gRPC and metrics ports when the URL uses the configured HTTP port, else the URL's port + 1 and + 2."""
@@ -144,17 +141,6 @@ def server_address(http_url: str, grpc_url: str | None = None) -> config.ServerA
             raise SystemExit(f"--grpc-url must look like grpc://host:port, got {grpc_url!r}")
         grpc_port = grpc.port
     return config.ServerAddress(parsed.hostname, http_port, grpc_port, metrics_port)
-
-
-def http_status(url: str, timeout_s: float = 2.0) -> int | None:
-    """Status of ``GET url``, or None when nothing answers."""
-    try:
-        with urllib.request.urlopen(url, timeout=timeout_s) as response:
-            return response.status
-    except urllib.error.HTTPError as exc:
-        return exc.code
-    except (urllib.error.URLError, OSError):
-        return None
 
 
 def server_answers(http_url: str) -> bool:
@@ -320,7 +306,7 @@ def main(argv: list[str] | None = None) -> int:
             own_server = stack.enter_context(TritonServer(address, args.repository, log_file=log_file))
             log.info("server ready: %s", ", ".join(own_server.models))
         code = run_locust(args, http_url, grpc_url)
-        server_alive = http_status(f"{http_url}/v2/health/ready") == 200
+        server_alive = http_status(f"{http_url}/v2/health/live") == 200
         if not server_alive:
             process = own_server.process if own_server is not None else None
             exit_code = process.poll() if process is not None else None

@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import json
+import os
 import threading
 import time
 from collections.abc import Sequence
@@ -75,15 +76,34 @@ def parse_url(url: str) -> tuple[str, str]:
     return "http", url.rstrip("/")
 
 
-def _status_of(exc: Exception) -> str | None:
+def default_http_url() -> str:
+    """``HEADROOM_URL`` when it is an HTTP URL (``http://host:port`` or ``host:port``), else the
+    configured host and HTTP port."""
+    url = os.environ.get("HEADROOM_URL", "")
+    if url and parse_url(url)[0] == "http":
+        return url.rstrip("/") if "://" in url else f"http://{url.rstrip('/')}"
+    return config.ServerAddress().http_url
+
+
+def status_of(exc: Exception) -> str | None:
+    """Triton's status of a tritonclient exception (HTTP code or gRPC status), if it has one."""
     status = getattr(exc, "status", None)
     value = status() if callable(status) else status
     return None if value is None else str(value)
 
 
-def _message_of(exc: Exception) -> str:
+def message_of(exc: Exception) -> str:
+    """The server's message of a tritonclient exception; the exception itself for other errors."""
     message = getattr(exc, "message", None)
-    return message() if callable(message) else str(exc)
+    return message() if callable(message) else f"{type(exc).__name__}: {exc}"
+
+
+def bytes_input(triton, name: str, values: Sequence[str | bytes]):
+    """A BYTES ``InferInput`` of shape [len(values), 1] for ``tritonclient.http`` or ``.grpc``."""
+    array = np.array([[v.encode("utf-8") if isinstance(v, str) else v] for v in values], dtype=np.object_)
+    tensor = triton.InferInput(name, list(array.shape), "BYTES")
+    tensor.set_data_from_numpy(array)
+    return tensor
 
 
 class HeadroomClient:
@@ -129,10 +149,7 @@ class HeadroomClient:
 
     # --- inference ---------------------------------------------------------------------------
     def _string_input(self, name: str, values: Sequence[str | bytes]):
-        array = np.array([[v.encode("utf-8") if isinstance(v, str) else v] for v in values], dtype=np.object_)
-        tensor = self._triton.InferInput(name, list(array.shape), "BYTES")
-        tensor.set_data_from_numpy(array)
-        return tensor
+        return bytes_input(self._triton, name, values)
 
     def _submit(self, model: str, inputs: list, outputs: list[str]) -> Future:
         """Start one inference; the future holds the result or a ``HeadroomError``."""
@@ -142,14 +159,14 @@ class HeadroomClient:
 
             def done(result, error) -> None:
                 if error is not None:
-                    future.set_exception(HeadroomError(_message_of(error), _status_of(error)))
+                    future.set_exception(HeadroomError(message_of(error), status_of(error)))
                 else:
                     future.set_result(result)
 
             try:
                 self._client.async_infer(model, inputs, callback=done, outputs=requested, client_timeout=self.timeout_s)
             except Exception as exc:  # refused before sending (bad input, closed channel)
-                future.set_exception(HeadroomError(_message_of(exc), _status_of(exc)))
+                future.set_exception(HeadroomError(message_of(exc), status_of(exc)))
             return future
 
         def call() -> None:
@@ -164,7 +181,7 @@ class HeadroomClient:
             try:
                 future.set_result(client.infer(model, inputs, outputs=requested))
             except Exception as exc:  # tritonclient raises InferenceServerException
-                future.set_exception(HeadroomError(_message_of(exc), _status_of(exc)))
+                future.set_exception(HeadroomError(message_of(exc), status_of(exc)))
 
         self._pool.submit(call)
         return future
@@ -280,7 +297,7 @@ class HeadroomClient:
         try:
             self._client.load_model(model_name)
         except Exception as exc:
-            raise HeadroomError(f"Triton refused to load {model_name}: {_message_of(exc)}", _status_of(exc)) from exc
+            raise HeadroomError(f"Triton refused to load {model_name}: {message_of(exc)}", status_of(exc)) from exc
 
     def onboard(self, name: str, data_file: str | Path) -> OnboardResult:
         """Train head ``name`` on ``data_file`` with the served encoder, store it, load it.
@@ -335,7 +352,7 @@ class HeadroomClient:
                 self._client.unload_model(model_name)
             except Exception as exc:
                 raise HeadroomError(
-                    f"Triton refused to unload {model_name}: {_message_of(exc)}", _status_of(exc)
+                    f"Triton refused to unload {model_name}: {message_of(exc)}", status_of(exc)
                 ) from exc
             deadline = time.monotonic() + config.LOAD_TIMEOUT_S
             while self._client.is_model_ready(model_name):

@@ -42,7 +42,7 @@ from locust import FastHttpUser, User, constant, events, task
 from locust.runners import MasterRunner, WorkerRunner
 from locust.stats import PERCENTILES_TO_REPORT, StatsCSV
 
-from client.headroom_client import parse_url
+from client.headroom_client import bytes_input, default_http_url, message_of, parse_url, status_of
 from client.traffic import EXPECTED_FAILURE_SHARE, TrafficMix, demo_texts
 from headroom import config
 from headroom.naming import head_name_of
@@ -66,14 +66,6 @@ NOT_LOADED_TEXT = "is not loaded"
 FAILURE_SHARE_ENV = "HEADROOM_LOADTEST_FAILURE_SHARE"
 GRPC_URL_ENV = "HEADROOM_GRPC_URL"
 MAX_MESSAGE_CHARS = 300
-
-
-def default_http_url() -> str:
-    """``HEADROOM_URL`` when it is an HTTP URL, else the configured host and HTTP port."""
-    url = os.environ.get("HEADROOM_URL", "")
-    if url and parse_url(url)[0] == "http":
-        return url.rstrip("/") if "://" in url else f"http://{url.rstrip('/')}"
-    return config.ServerAddress().http_url
 
 
 def default_grpc_url() -> str:
@@ -339,11 +331,7 @@ class GrpcPipelineUser(_PipelineUserMixin, User):
             client.close()
 
     def _input(self, name: str, value: str):
-        import numpy as np
-
-        tensor = self._grpc.InferInput(name, [1, 1], "BYTES")
-        tensor.set_data_from_numpy(np.array([[value.encode("utf-8")]], dtype=np.object_))
-        return tensor
+        return bytes_input(self._grpc, name, [value])
 
     @task
     def classify(self) -> None:
@@ -360,10 +348,8 @@ class GrpcPipelineUser(_PipelineUserMixin, User):
             )
         except Exception as exc:  # InferenceServerException, or a client-side error
             elapsed_ms = (time.perf_counter() - started) * 1000
-            status_of = getattr(exc, "status", None)
-            status = normalise_status(status_of() if callable(status_of) else None)
-            message_of = getattr(exc, "message", None)
-            message = message_of() if callable(message_of) else f"{type(exc).__name__}: {exc}"
+            status = normalise_status(status_of(exc))
+            message = message_of(exc)
         else:
             elapsed_ms = (time.perf_counter() - started) * 1000
             label = result.as_numpy("LABEL")

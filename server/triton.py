@@ -154,7 +154,8 @@ def free_address(host: str = "localhost") -> config.ServerAddress:
     return config.ServerAddress(host, http_port, grpc_port, metrics_port)
 
 
-def _http_status(url: str, method: str = "GET", timeout_s: float = 2.0) -> int | None:
+def http_status(url: str, method: str = "GET", timeout_s: float = 2.0) -> int | None:
+    """Status of ``url``, or None when nothing answers (readiness polling)."""
     request = urllib.request.Request(url, method=method, data=b"" if method == "POST" else None)
     try:
         with urllib.request.urlopen(request, timeout=timeout_s) as response:
@@ -234,15 +235,15 @@ class TritonServer:
             if stop is not None and stop.is_set():
                 raise ServerError("start-up interrupted")
             self._check_alive()
-            if _http_status(f"{base}/v2/health/live") == 200 and all(
-                _http_status(f"{base}/v2/models/{name}/ready") == 200 for name in self.system_models
+            if http_status(f"{base}/v2/health/live") == 200 and all(
+                http_status(f"{base}/v2/models/{name}/ready") == 200 for name in self.system_models
             ):
                 # --load-model finishes every model before the endpoints come up, so the
                 # other models that are not ready now failed to load.
                 return [
                     name
                     for name in self.models
-                    if name not in self.system_models and _http_status(f"{base}/v2/models/{name}/ready") != 200
+                    if name not in self.system_models and http_status(f"{base}/v2/models/{name}/ready") != 200
                 ]
             time.sleep(POLL_INTERVAL_S)
         raise ServerError(f"tritonserver did not become ready within {timeout_s:.0f} s{self._log_hint()}")
