@@ -27,9 +27,42 @@ def _setup_logging(verbose: bool) -> None:
 
 def _client(args: argparse.Namespace):
     from client.headroom_client import HeadroomClient
+    from headroom.admin_key import AdminKeyError, load_admin_key
 
     repository = Path(args.repository)
-    return HeadroomClient(args.url, repository=repository, state_dir=config.state_dir_for(repository))
+    admin_key = None  # the client's default: HEADROOM_ADMIN_KEY, else the key file
+    if getattr(args, "admin_key_file", None):
+        key_file = Path(args.admin_key_file)
+        admin_key = load_admin_key(key_file, environ={})  # an explicit file wins over the environment
+        if admin_key is None:
+            raise AdminKeyError(f"admin key file {key_file} does not exist")
+    return HeadroomClient(
+        args.url, repository=repository, state_dir=config.state_dir_for(repository), admin_key=admin_key
+    )
+
+
+def _display_path(path: Path) -> str:
+    """``path`` relative to the working directory when it is below it."""
+    try:
+        return str(path.resolve().relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
+
+
+def serve_admin_key(state_dir: Path) -> str:
+    """The key ``serve`` protects the control plane with (created on first run), and where it is."""
+    from headroom.admin_key import ensure_admin_key, fingerprint
+
+    admin = ensure_admin_key(config.admin_key_file_for(state_dir))
+    if admin.path is None:
+        where = f"from {config.ADMIN_KEY_ENV} ({fingerprint(admin.key)})"
+    else:
+        where = f"{'created' if admin.created else 'in'} {_display_path(admin.path)}"
+    print(
+        f"admin key: {where} (send it as header {config.ADMIN_KEY_HEADER}, over gRPC as "
+        f"{config.ADMIN_KEY_GRPC_HEADER}; the headroom CLI reads it from there)"
+    )
+    return admin.key
 
 
 # --- subcommands -----------------------------------------------------------------------------
@@ -56,7 +89,7 @@ def cmd_heads(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from export.head_store import clean_staging
+    from export.head_store import clean_staging, upgrade_registrations
     from server.triton import TritonServer
 
     address = config.ServerAddress(args.host, args.http_port, args.grpc_port, args.metrics_port)
@@ -64,7 +97,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     cleaned = clean_staging(state_dir)
     if cleaned:
         log.info("removed %d unfinished onboarding(s) from %s", cleaned, state_dir / "staging")
-    server = TritonServer(address, Path(args.repository))
+    for name in upgrade_registrations(Path(args.repository)):
+        log.info("head %s: registered with the shared executor (was its own ONNX Runtime model)", name)
+    server = TritonServer(address, Path(args.repository), admin_key=serve_admin_key(state_dir))
     stop = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stop.set())
@@ -172,6 +207,14 @@ def build_parser() -> argparse.ArgumentParser:
         )
         return p
 
+    def with_admin_key(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        p.add_argument(
+            "--admin-key-file",
+            help=f"file holding the admin key for load/unload/index (default: env {config.ADMIN_KEY_ENV}, "
+            f"else env {config.ADMIN_KEY_FILE_ENV}, else <state dir>/admin.key, written by `headroom serve`)",
+        )
+        return with_url(p)
+
     p = sub.add_parser("serve", help="run Triton with the model repository (Ctrl-C to stop)")
     p.add_argument("--host", default=config.HOST, help="host name printed in URLs (default %(default)s)")
     p.add_argument(
@@ -198,16 +241,16 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("heads", help="build the demo tenants' heads that are missing or stale")
     p.set_defaults(func=cmd_heads)
 
-    p = with_url(sub.add_parser("onboard", help="train a head from a labelled file and load it into the server"))
+    p = with_admin_key(sub.add_parser("onboard", help="train a head from a labelled file and load it into the server"))
     p.add_argument("name", help="head name: 1-48 of a-z 0-9 _ -, starting with a letter or digit")
     p.add_argument("data_file", help='JSONL lines {"text": ..., "label": ...} or CSV with text,label columns')
     p.set_defaults(func=cmd_onboard)
 
-    p = with_url(sub.add_parser("offboard", help="unload a head and archive its files"))
+    p = with_admin_key(sub.add_parser("offboard", help="unload a head and archive its files"))
     p.add_argument("name")
     p.set_defaults(func=cmd_offboard)
 
-    p = with_url(sub.add_parser("list", help="list heads and their state"))
+    p = with_admin_key(sub.add_parser("list", help="list heads and their state"))
     p.set_defaults(func=cmd_list)
 
     p = with_url(sub.add_parser("classify", help="classify texts with one head"))

@@ -25,9 +25,12 @@ from pathlib import Path
 import numpy as np
 
 from headroom import config
+from headroom.admin_key import AdminKeyError, admin_headers, load_admin_key
 from headroom.naming import head_model_name, head_name_of
 
 EMBEDDING = "sentence_embedding"
+#: What Triton answers (403 over HTTP, UNAVAILABLE over gRPC) to a restricted call without the key.
+RESTRICTED_TEXT = "is restricted, expecting header"
 
 
 class HeadroomError(RuntimeError):
@@ -114,12 +117,24 @@ class HeadroomClient:
         timeout_s: float = config.CLIENT_TIMEOUT_S,
         repository: Path = config.MODEL_REPOSITORY,
         state_dir: Path = config.STATE_DIR,
+        admin_key: str | None = None,
     ) -> None:
+        """``admin_key``: sent with load, unload and the repository index (README "Security");
+        None (default) reads ``HEADROOM_ADMIN_KEY`` or the key file beside ``state_dir``
+        (``config.admin_key_file_for``); ``""`` sends none."""
         self.protocol, self.address = parse_url(url)
         self.concurrency = max(1, concurrency)
         self.timeout_s = timeout_s
         self.repository = Path(repository)
         self.state_dir = Path(state_dir)
+        self.admin_key_file = config.admin_key_file_for(self.state_dir)
+        self._admin_key_problem: AdminKeyError | None = None
+        if admin_key is None:
+            try:
+                admin_key = load_admin_key(self.admin_key_file)
+            except AdminKeyError as exc:  # inference needs no key: reported by control calls only
+                self._admin_key_problem = exc
+        self._control_headers = admin_headers(admin_key, self.protocol)
         if self.protocol == "grpc":
             import tritonclient.grpc as triton
         else:
@@ -269,9 +284,27 @@ class HeadroomClient:
     def is_head_ready(self, name: str) -> bool:
         return bool(self._client.is_model_ready(head_model_name(name)))
 
+    def _control_error(self, action: str, exc: Exception) -> HeadroomError:
+        """A ``HeadroomError`` for a control call (``action``, e.g. "load of head_x") that failed."""
+        message = message_of(exc)
+        if RESTRICTED_TEXT in message:
+            which = "wrong" if self._control_headers else "missing"
+            message = (
+                f"the server refused {action}: admin key {which} "
+                f"(set {config.ADMIN_KEY_ENV} or the key file {self.admin_key_file})"
+            )
+            if self._admin_key_problem is not None:
+                message += f"; {self._admin_key_problem}"
+        else:
+            message = f"Triton refused {action}: {message}"
+        return HeadroomError(message, status_of(exc))
+
     def list_heads(self) -> list[HeadStatus]:
         """Every head in the server's repository index, with its state (READY, UNAVAILABLE...)."""
-        index = self._client.get_model_repository_index()
+        try:
+            index = self._client.get_model_repository_index(headers=self._control_headers)
+        except Exception as exc:  # tritonclient raises InferenceServerException
+            raise self._control_error("the repository index", exc) from exc
         if self.protocol == "grpc":
             entries = [
                 {"name": m.name, "version": m.version, "state": m.state, "reason": m.reason} for m in index.models
@@ -295,9 +328,9 @@ class HeadroomClient:
 
     def _load(self, model_name: str) -> None:
         try:
-            self._client.load_model(model_name)
+            self._client.load_model(model_name, headers=self._control_headers)
         except Exception as exc:
-            raise HeadroomError(f"Triton refused to load {model_name}: {message_of(exc)}", status_of(exc)) from exc
+            raise self._control_error(f"load of {model_name}", exc) from exc
 
     def onboard(self, name: str, data_file: str | Path) -> OnboardResult:
         """Train head ``name`` on ``data_file`` with the served encoder, store it, load it.
@@ -349,11 +382,9 @@ class HeadroomClient:
         model_name = head_model_name(name)
         with self._control_lock:
             try:
-                self._client.unload_model(model_name)
+                self._client.unload_model(model_name, headers=self._control_headers)
             except Exception as exc:
-                raise HeadroomError(
-                    f"Triton refused to unload {model_name}: {message_of(exc)}", status_of(exc)
-                ) from exc
+                raise self._control_error(f"unload of {model_name}", exc) from exc
             deadline = time.monotonic() + config.LOAD_TIMEOUT_S
             while self._client.is_model_ready(model_name):
                 if time.monotonic() > deadline:

@@ -45,6 +45,7 @@ from locust.stats import PERCENTILES_TO_REPORT, StatsCSV
 from client.headroom_client import bytes_input, default_http_url, message_of, parse_url, status_of
 from client.traffic import EXPECTED_FAILURE_SHARE, TrafficMix, demo_texts
 from headroom import config
+from headroom.admin_key import admin_headers, load_admin_key
 from headroom.naming import head_name_of
 
 if monkey.is_module_patched("socket"):
@@ -119,8 +120,15 @@ def ready_heads(index: list[dict]) -> list[str]:
 
 
 def discover_heads(http_url: str, timeout_s: float = 10.0) -> list[str]:
-    """Ask the server (``POST /v2/repository/index``) which heads are loaded."""
-    request = urllib.request.Request(f"{http_url.rstrip('/')}/v2/repository/index", data=b"", method="POST")
+    """Ask the server (``POST /v2/repository/index``) which heads are loaded.
+
+    The index is part of the protected control plane: the admin key (``HEADROOM_ADMIN_KEY`` or
+    the key file, README "Security") is sent when there is one.
+    """
+    headers = admin_headers(load_admin_key(), "http") or {}
+    request = urllib.request.Request(
+        f"{http_url.rstrip('/')}/v2/repository/index", data=b"", method="POST", headers=headers
+    )
     with urllib.request.urlopen(request, timeout=timeout_s) as response:
         return ready_heads(json.load(response))
 

@@ -2,7 +2,7 @@
 
 Layout of one head (Triton model ``head_<name>``)::
 
-    head_<name>/config.pbtxt        generic: onnxruntime backend, input/output, 1 CPU instance
+    head_<name>/config.pbtxt        registration model: an ensemble into the shared executor
     head_<name>/<version>/model.onnx
     head_<name>/<version>/labels.txt   label names in output order
     head_<name>/<version>/head.json    labels, encoder fingerprint, training metrics
@@ -25,16 +25,21 @@ from pathlib import Path
 
 from export.heads import HEAD_INPUT, HEAD_OUTPUT, TrainedHead, head_to_onnx
 from headroom import config
-from headroom.naming import head_model_name
+from headroom.naming import head_model_name, head_models_in
 
 HEAD_INFO_FILE = "head.json"
 LABELS_FILE = "labels.txt"
 
+#: A head's registration model: an ensemble whose one step is the shared ``executor``. Triton
+#: loads, unloads, versions and counts it like any model, at no process cost; the executor reads
+#: the version folder's model.onnx and labels.txt (Triton does not).
 HEAD_CONFIG_TEMPLATE = """\
-# Head of tenant '{name}', written by headroom onboarding. Labels, encoder fingerprint and
-# metrics of each version live in <version>/head.json and <version>/labels.txt.
+# Head of tenant '{name}', written by headroom onboarding: a registration model. Loading and
+# unloading it switches the tenant on and off; the shared '{executor}' model runs the head from
+# <version>/model.onnx and <version>/labels.txt. Called directly, it needs the request parameter
+# "head" = "{name}" (an ensemble cannot inject a constant; Triton forwards request parameters).
 name: "{model}"
-backend: "onnxruntime"
+platform: "ensemble"
 max_batch_size: 256
 input [
   {{
@@ -50,17 +55,23 @@ output [
     dims: [ -1 ]
   }}
 ]
-instance_group [
-  {{
-    count: 1
-    kind: KIND_CPU
-  }}
-]
-version_policy: {{ latest: {{ num_versions: 1 }} }}
-parameters {{
-  key: "intra_op_thread_count"
-  value: {{ string_value: "1" }}
+ensemble_scheduling {{
+  step [
+    {{
+      model_name: "{executor}"
+      model_version: -1
+      input_map {{
+        key: "{input}"
+        value: "{input}"
+      }}
+      output_map {{
+        key: "{output}"
+        value: "{output}"
+      }}
+    }}
+  ]
 }}
+version_policy: {{ latest: {{ num_versions: 1 }} }}
 """
 
 
@@ -70,6 +81,38 @@ class StoredHead:
     model_name: str
     version: int
     path: Path
+
+
+def registration_config(name: str) -> str:
+    """``config.pbtxt`` of head ``name``'s registration model."""
+    return HEAD_CONFIG_TEMPLATE.format(
+        name=name,
+        model=head_model_name(name),
+        executor=config.EXECUTOR_MODEL,
+        input=HEAD_INPUT,
+        output=HEAD_OUTPUT,
+        dim=config.EMBEDDING_DIM,
+    )
+
+
+def upgrade_registrations(repository: Path = config.MODEL_REPOSITORY) -> list[str]:
+    """Rewrite heads written as per-head ONNX Runtime models into registration models.
+
+    Repositories from before the shared executor held one ``backend: "onnxruntime"`` model per
+    head; their version folders already hold what the executor reads, so only ``config.pbtxt``
+    changes (atomically). Run before the server starts; returns the heads rewritten.
+    """
+    upgraded = []
+    for model_name in head_models_in(repository):
+        name = model_name[len(config.HEAD_MODEL_PREFIX) :]
+        path = repository / model_name / "config.pbtxt"
+        if 'platform: "ensemble"' in path.read_text(encoding="utf-8"):
+            continue
+        tmp = path.with_name(f".config.pbtxt.{uuid.uuid4().hex}.tmp")
+        _write_file(tmp, registration_config(name).encode("utf-8"))
+        os.replace(tmp, path)
+        upgraded.append(name)
+    return upgraded
 
 
 def head_dir(name: str, repository: Path = config.MODEL_REPOSITORY) -> Path:
@@ -107,27 +150,10 @@ def _write_file(path: Path, data: bytes) -> None:
         os.fsync(handle.fileno())
 
 
-def _write_version(folder: Path, name: str, version: int, head: TrainedHead, fingerprint: str, source: str) -> None:
+def _write_version(folder: Path, model_bytes: bytes, labels: list[str], info: dict) -> None:
     folder.mkdir(parents=True)
-    info = {
-        "name": name,
-        "version": version,
-        "labels": head.labels,
-        "encoder_fingerprint": fingerprint,
-        "metrics": head.metrics,
-        "trained_from": source,
-        "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-    }
-    model = head_to_onnx(
-        head,
-        metadata={
-            "labels": json.dumps(head.labels),
-            "encoder_fingerprint": fingerprint,
-            "metrics": json.dumps(head.metrics),
-        },
-    )
-    _write_file(folder / "model.onnx", model.SerializeToString())
-    _write_file(folder / LABELS_FILE, ("\n".join(head.labels) + "\n").encode("utf-8"))
+    _write_file(folder / "model.onnx", model_bytes)
+    _write_file(folder / LABELS_FILE, ("\n".join(labels) + "\n").encode("utf-8"))
     _write_file(folder / HEAD_INFO_FILE, (json.dumps(info, indent=2) + "\n").encode("utf-8"))
     _fsync_dir(folder)
 
@@ -140,27 +166,52 @@ def write_head(
     repository: Path = config.MODEL_REPOSITORY,
     state_dir: Path = config.STATE_DIR,
 ) -> StoredHead:
-    """Write a new head, or the next version of an existing one, atomically."""
+    """Write a trained head as a new head, or the next version of an existing one, atomically."""
+    model = head_to_onnx(
+        head,
+        metadata={
+            "labels": json.dumps(head.labels),
+            "encoder_fingerprint": fingerprint,
+            "metrics": json.dumps(head.metrics),
+        },
+    )
+    info = {"encoder_fingerprint": fingerprint, "metrics": head.metrics, "trained_from": source}
+    return write_head_model(name, model.SerializeToString(), head.labels, info, repository, state_dir)
+
+
+def write_head_model(
+    name: str,
+    model_bytes: bytes,
+    labels: list[str],
+    info: dict,
+    repository: Path = config.MODEL_REPOSITORY,
+    state_dir: Path = config.STATE_DIR,
+) -> StoredHead:
+    """Write any head file (``model.onnx`` bytes) with its labels and ``head.json`` fields.
+
+    The head becomes ``head_<name>/1`` (with its registration ``config.pbtxt``) or the next
+    version of an existing head. Staged, then renamed into place: never half-written.
+    """
     model_name = head_model_name(name)
     model_dir = repository / model_name
     staging_root = state_dir / "staging"
     staging_root.mkdir(parents=True, exist_ok=True)
     staging = staging_root / f"{model_name}.{uuid.uuid4().hex}"
+
+    def version_info(version: int) -> dict:
+        created = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        return {"name": name, "version": version, "labels": list(labels), "created_at": created, **info}
+
     try:
         if model_dir.exists():
             version = (versions_of(model_dir) or [0])[-1] + 1
-            _write_version(staging, name, version, head, fingerprint, source)
+            _write_version(staging, model_bytes, labels, version_info(version))
             target = model_dir / str(version)
         else:
             version = 1
             staging.mkdir()
-            _write_file(
-                staging / "config.pbtxt",
-                HEAD_CONFIG_TEMPLATE.format(
-                    name=name, model=model_name, input=HEAD_INPUT, output=HEAD_OUTPUT, dim=config.EMBEDDING_DIM
-                ).encode("utf-8"),
-            )
-            _write_version(staging / "1", name, version, head, fingerprint, source)
+            _write_file(staging / "config.pbtxt", registration_config(name).encode("utf-8"))
+            _write_version(staging / "1", model_bytes, labels, version_info(version))
             _fsync_dir(staging)
             target = model_dir
         # rename() refuses to replace a non-empty folder, so two writers racing for the same

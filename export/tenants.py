@@ -62,7 +62,10 @@ def build_demo_heads(
     """
     from export.embeddings import RepositoryEmbedder
     from export.encoder import read_encoder_info
+    from export.head_store import upgrade_registrations
 
+    for name in upgrade_registrations(repository):
+        log.info("head %s: registered with the shared executor (was its own ONNX Runtime model)", name)
     fingerprint = read_encoder_info(repository)["fingerprint"]
     embedder = None
     summary = []

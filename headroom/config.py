@@ -34,7 +34,10 @@ ENCODER_MODEL = "encoder"
 TOKENIZER_MODEL = "tokenizer"
 EMBED_MODEL = "embed"
 PIPELINE_MODEL = "pipeline"
-SYSTEM_MODELS = (ENCODER_MODEL, TOKENIZER_MODEL, EMBED_MODEL, PIPELINE_MODEL)
+#: Runs every head; each head is registered as an ensemble ``head_<name>`` with one step into it.
+EXECUTOR_MODEL = "executor"
+#: In load order: a model's dependencies come before it.
+SYSTEM_MODELS = (ENCODER_MODEL, TOKENIZER_MODEL, EMBED_MODEL, EXECUTOR_MODEL, PIPELINE_MODEL)
 #: Heads are Triton models named ``head_<name>``; clients and ``pipeline`` use ``<name>``.
 HEAD_MODEL_PREFIX = "head_"
 
@@ -76,8 +79,38 @@ GRPC_PORT = _env_int("HEADROOM_GRPC_PORT", 8001)
 METRICS_PORT = _env_int("HEADROOM_METRICS_PORT", 8002)
 SERVER_READY_TIMEOUT_S = _env_int("HEADROOM_READY_TIMEOUT_S", 300)
 SERVER_SHUTDOWN_TIMEOUT_S = _env_int("HEADROOM_SHUTDOWN_TIMEOUT_S", 30)
+#: Allocator for tritonserver: ``auto`` (jemalloc when one of JEMALLOC_PATHS exists), ``off``,
+#: or a library path (env HEADROOM_JEMALLOC).
+JEMALLOC = os.environ.get("HEADROOM_JEMALLOC", "auto")
+JEMALLOC_PATHS = (
+    "/usr/lib/x86_64-linux-gnu/libjemalloc.so.2",
+    "/usr/lib/aarch64-linux-gnu/libjemalloc.so.2",
+    "/usr/lib64/libjemalloc.so.2",
+    "/usr/lib/libjemalloc.so.2",
+)
 #: Triton's --log-verbose level.
 SERVER_LOG_VERBOSE = _env_int("HEADROOM_LOG_VERBOSE", 0)
+
+# --- control plane (README "Security") -------------------------------------------------------
+#: Environment variable holding the admin key; it wins over the key file.
+ADMIN_KEY_ENV = "HEADROOM_ADMIN_KEY"
+#: Environment variable naming the key file (default ``<state dir>/admin.key``).
+ADMIN_KEY_FILE_ENV = "HEADROOM_ADMIN_KEY_FILE"
+#: HTTP header carrying the key (the ``<key>`` of Triton's ``--http-restricted-api``).
+ADMIN_KEY_HEADER = "admin-key"
+#: Triton checks gRPC calls for the same key under this prefixed metadata name.
+ADMIN_KEY_GRPC_HEADER = f"triton-grpc-protocol-{ADMIN_KEY_HEADER}"
+#: Triton API groups that need the admin key, over HTTP and gRPC alike. ``health``, ``metadata``
+#: and ``inference`` stay open; README "Security" says why each of these is closed.
+RESTRICTED_APIS = ("model-repository", "model-config", "shared-memory", "statistics", "trace", "logging")
+
+
+def admin_key_file_for(state_dir: Path) -> Path:
+    """Where ``headroom serve`` keeps the admin key: ``<state dir>/admin.key`` (env HEADROOM_ADMIN_KEY_FILE)."""
+    return _env_path(ADMIN_KEY_FILE_ENV, Path(state_dir) / "admin.key")
+
+
+ADMIN_KEY_FILE = admin_key_file_for(STATE_DIR)
 
 # --- client ----------------------------------------------------------------------------------
 #: ``http://host:port`` or ``grpc://host:port``; the scheme picks the protocol.

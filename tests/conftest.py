@@ -6,6 +6,7 @@ keep a running ``make serve`` undisturbed. Nothing here mocks Triton or ONNX Run
 
 from __future__ import annotations
 
+import secrets
 import shutil
 import sys
 from dataclasses import dataclass
@@ -51,6 +52,8 @@ class ServerHandle:
     repository: Path
     state_dir: Path
     log_file: Path
+    #: The key the server's control plane needs (README "Security"); ``client()`` sends it.
+    admin_key: str | None = None
 
     @property
     def http_url(self) -> str:
@@ -61,9 +64,17 @@ class ServerHandle:
         return self.server.address.grpc_url
 
     def client(self, url: str | None = None, **kwargs):
+        """A client of this server that sends the admin key (pass ``admin_key=""`` for none)."""
         from client.headroom_client import HeadroomClient
 
+        kwargs.setdefault("admin_key", self.admin_key)
         return HeadroomClient(url or self.http_url, repository=self.repository, state_dir=self.state_dir, **kwargs)
+
+    def admin_headers(self, protocol: str = "http") -> dict[str, str] | None:
+        """Headers carrying the admin key, for raw ``tritonclient`` or urllib calls."""
+        from headroom.admin_key import admin_headers
+
+        return admin_headers(self.admin_key, protocol)
 
     def restart(self) -> list[str]:
         self.server.stop()
@@ -78,11 +89,13 @@ def triton(built_repository: Path, tmp_path_factory: pytest.TempPathFactory):
     shutil.copytree(built_repository, repository, ignore=shutil.ignore_patterns("__pycache__"))
     address = free_address()
     log_file = root / "tritonserver.log"
-    server = TritonServer(address, repository, log_file=log_file)
+    # Every integration test runs against a protected control plane, as `headroom serve` starts it.
+    admin_key = secrets.token_urlsafe(32)
+    server = TritonServer(address, repository, log_file=log_file, admin_key=admin_key)
     server.start()
     try:
         failed = server.wait_ready()
         assert not failed, f"heads failed to load: {failed} (see {log_file})"
-        yield ServerHandle(server, repository, root / "state", log_file)
+        yield ServerHandle(server, repository, root / "state", log_file, admin_key)
     finally:
         server.stop()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import re
 import subprocess
 import urllib.request
@@ -24,6 +25,8 @@ DASHBOARDS = sorted((DOCKER_DIR / "grafana" / "dashboards").glob("*.json"))
 METRIC_NAME = re.compile(r"nv_[a-z_]+")
 # label matchers on `model` in PromQL: model="x", model=~"re", model!="x"
 MODEL_MATCHER = re.compile(r'model\s*(=~|=|!=|!~)\s*"([^"]*)"')
+#: The compose file needs HEADROOM_ADMIN_KEY (README "Security"); validation runs with this one.
+TEST_ADMIN_KEY = "compose-test-key-0123456789"
 
 
 @pytest.fixture(scope="module")
@@ -37,11 +40,15 @@ def compose_binary() -> Path:
     return binary
 
 
-def run_compose(binary: Path, compose_file: Path, *args: str) -> subprocess.CompletedProcess:
+def run_compose(
+    binary: Path, compose_file: Path, *args: str, admin_key: str | None = TEST_ADMIN_KEY
+) -> subprocess.CompletedProcess:
     # --project-directory: a copy under tmp_path resolves ./paths against the repository too,
     # so a broken copy fails for the injected fault and nothing else.
     command = [str(binary), "--project-directory", str(REPO_ROOT), "-f", str(compose_file), *args]
-    return subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=60)
+    # Empty counts as unset for compose's ${VAR:?} and, set here, overrides a developer's .env.
+    env = dict(os.environ, HEADROOM_ADMIN_KEY=admin_key or "")
+    return subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=60, env=env)
 
 
 def test_compose_file_is_valid(compose_binary: Path) -> None:
@@ -100,6 +107,16 @@ def test_services(compose_config: dict) -> None:
         "http://triton:8000",
         "grpc://triton:8001",
     )
+    # The control plane needs the admin key, as with `headroom serve`; locust reads the index with it.
+    from server.triton import restriction_args
+
+    assert set(restriction_args(TEST_ADMIN_KEY)) <= set(triton["command"])
+    assert environment["HEADROOM_ADMIN_KEY"] == TEST_ADMIN_KEY
+
+
+def test_compose_refuses_to_start_without_an_admin_key(compose_binary: Path) -> None:
+    result = run_compose(compose_binary, COMPOSE_FILE, "config", "--quiet", admin_key=None)
+    assert result.returncode != 0 and "HEADROOM_ADMIN_KEY" in result.stderr, result.stderr
 
 
 def test_mounted_host_paths_exist(compose_config: dict) -> None:

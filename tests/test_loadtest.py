@@ -10,6 +10,7 @@ import csv
 import importlib
 import importlib.util
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -160,7 +161,9 @@ def test_load_test_against_the_server(triton, tmp_path):
         f"--results-dir={tmp_path}",
         "--failure-share=0.2",  # enough unknown-head requests in 5 s to be sure to see some
     ]
-    run = subprocess.run(command, cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=180)
+    # locust reads the heads from the repository index, which needs the admin key.
+    env = dict(os.environ, HEADROOM_ADMIN_KEY=triton.admin_key)
+    run = subprocess.run(command, cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=180, env=env)
     output = (run.stdout + run.stderr)[-4000:]
     died = triton.server.process.poll()
     if died is not None:

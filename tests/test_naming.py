@@ -1,4 +1,4 @@
-"""Unit tests of the head naming rule (client side and the pipeline's copy)."""
+"""Unit tests of the head naming rule (client side and the executor's copy)."""
 
 from __future__ import annotations
 
@@ -19,9 +19,9 @@ from headroom.naming import (
 )
 
 
-def _dispatch_module():
-    path = config.MODEL_REPOSITORY / config.PIPELINE_MODEL / "1" / "head_dispatch.py"
-    spec = importlib.util.spec_from_file_location("head_dispatch_under_test", path)
+def _head_files_module():
+    path = config.MODEL_REPOSITORY / config.EXECUTOR_MODEL / "1" / "head_files.py"
+    spec = importlib.util.spec_from_file_location("head_files_under_test", path)
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # dataclasses resolve annotations through sys.modules
     spec.loader.exec_module(module)
@@ -55,22 +55,14 @@ def test_non_head_models_have_no_head_name():
     assert head_name_of("head_") is None
 
 
-def test_pipeline_enforces_the_same_rule():
-    dispatch = _dispatch_module()
+def test_executor_enforces_the_same_rule():
+    dispatch = _head_files_module()
     assert dispatch.HEAD_NAME_PATTERN == HEAD_NAME_PATTERN
     assert dispatch.HEAD_MODEL_PREFIX == config.HEAD_MODEL_PREFIX
     assert dispatch.RESERVED_HEAD_NAMES == RESERVED_HEAD_NAMES
     assert dispatch.head_name_problem("smart_home") is None
     assert "system model" in dispatch.head_name_problem("encoder")
     assert "invalid head name" in dispatch.head_name_problem("../x")
-
-
-def test_grouping_by_head_keeps_rows_and_first_seen_order():
-    dispatch = _dispatch_module()
-    groups = dispatch.group_rows_by_head(["b", "a", "b", "c", "a", "b"])
-    assert list(groups) == ["b", "a", "c"]
-    assert groups == {"b": [0, 2, 5], "a": [1, 4], "c": [3]}
-    assert dispatch.group_rows_by_head([]) == {}
 
 
 def test_head_models_in_lists_only_head_folders_with_a_config(tmp_path):

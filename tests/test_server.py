@@ -62,7 +62,9 @@ def raw_inputs(module, text=None, head=None):
 
 
 def test_repository_index_lists_system_models_and_heads_ready(triton):
-    request = urllib.request.Request(f"{triton.http_url}/v2/repository/index", data=b"", method="POST")
+    request = urllib.request.Request(
+        f"{triton.http_url}/v2/repository/index", data=b"", method="POST", headers=triton.admin_headers()
+    )
     with urllib.request.urlopen(request) as response:
         index = {entry["name"]: entry.get("state") for entry in json.load(response)}
     for name in (*config.SYSTEM_MODELS, *(f"head_{h}" for h in DEMO_HEADS)):
@@ -89,8 +91,8 @@ def _served_variant(repository: Path) -> str:
     return json.loads((config.encoder_version_dir(repository) / config.ENCODER_INFO_FILE).read_text())["variant"]
 
 
-def _pipeline_stats(url: str) -> tuple[int, int]:
-    stats = triton_http.InferenceServerClient(url.split("://")[1]).get_inference_statistics("pipeline")
+def _pipeline_stats(url: str, headers: dict[str, str] | None = None) -> tuple[int, int]:
+    stats = triton_http.InferenceServerClient(url.split("://")[1]).get_inference_statistics("pipeline", headers=headers)
     entry = stats["model_stats"][0]
     return entry["inference_count"], entry["execution_count"]
 
@@ -106,12 +108,13 @@ def test_mixed_tenant_concurrent_requests_come_back_from_the_right_head(triton):
     expected = {
         h: offline(triton.repository, h, [t for t, hh in zip(texts, heads, strict=True) if hh == h]) for h in PROBES
     }
-    before = _pipeline_stats(triton.http_url)
+    key = triton.admin_headers()  # statistics are part of the protected control plane
+    before = _pipeline_stats(triton.http_url, key)
     with triton.client(triton.grpc_url, concurrency=64) as client:
         results = client.classify(texts, heads)
     # Triton updates statistics just after sending responses: poll briefly for the last ones.
     deadline = time.monotonic() + 10
-    while (after := _pipeline_stats(triton.http_url))[0] - before[0] < len(texts) and time.monotonic() < deadline:
+    while (after := _pipeline_stats(triton.http_url, key))[0] - before[0] < len(texts) and time.monotonic() < deadline:
         time.sleep(0.05)
     position = dict.fromkeys(PROBES, 0)
     # fp32 answers do not depend on batch-mates; int8's dynamic activation scales do (README).
@@ -303,7 +306,9 @@ def test_head_trained_for_another_encoder_is_refused(triton):
 
     head = train_head(dataset(), fake_embedder())
     write_head("stale", head, "sha256:" + "0" * 64, repository=triton.repository, state_dir=triton.state_dir)
-    triton_http.InferenceServerClient(triton.http_url.split("://")[1]).load_model("head_stale")
+    triton_http.InferenceServerClient(triton.http_url.split("://")[1]).load_model(
+        "head_stale", headers=triton.admin_headers()
+    )
     with triton.client() as client:
         results = client.classify(["alpha", "turn on the lights"], ["stale", "smart_home"], return_errors=True)
     assert isinstance(results[0], HeadroomError)

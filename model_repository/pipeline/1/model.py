@@ -5,30 +5,26 @@ Outputs: ``LABEL`` (BYTES, winning label), ``SCORE`` (FP32, its probability), ``
 (FP32 [C]) and ``LABELS`` (BYTES [C], label names in ``PROBS`` order).
 
 For one batch of requests it calls ``embed`` **once** with every valid text, whatever the
-heads, then hands the embeddings to ``HeadDispatcher`` which calls each distinct head once.
+heads, then hands the embeddings and head names to ``HeadDispatcher``, which runs every row's
+head in **one** call to the shared ``executor``.
 
 Per-request errors (the request fails alone, its batch-mates are answered):
 - INVALID_ARG: TEXT empty or whitespace only, TEXT or HEAD not valid UTF-8, HEAD breaks the
   naming rule (which also keeps ``encoder``, ``pipeline`` and other system models out of reach);
-- NOT_FOUND: the head is not loaded (never onboarded, offboarded, or failed to load);
-- UNAVAILABLE: the head was trained against another encoder than the one served.
+- NOT_FOUND: the head is not loaded (its registration model ``head_<name>`` is not READY:
+  never onboarded, offboarded, unloaded);
+- UNAVAILABLE: the head was trained against another encoder than the one served, or its file
+  cannot run.
 A missing input is refused by Triton itself before the batch is formed (INVALID_ARG).
 """
 
 from __future__ import annotations
 
 import json
-import os
 
 import numpy as np
 import triton_python_backend_utils as pb_utils
-from head_dispatch import (
-    HeadDispatcher,
-    HeadOutput,
-    group_rows_by_head,
-    head_name_problem,
-    read_encoder_fingerprint,
-)
+from head_dispatch import HeadDispatcher, HeadOutput
 
 EMBEDDING_OUTPUT = "sentence_embedding"
 
@@ -67,11 +63,7 @@ class TritonPythonModel:
     def initialize(self, args: dict) -> None:
         config = json.loads(args["model_config"])
         self.embed_model = config["parameters"]["embed_model"]["string_value"]
-        repository = os.path.dirname(os.path.normpath(args["model_repository"]))
-        encoder_dir = os.path.join(repository, config["parameters"]["encoder_model"]["string_value"])
-        fingerprint = read_encoder_fingerprint(encoder_dir)
-        self.dispatcher = HeadDispatcher(repository, fingerprint)
-        pb_utils.Logger.log_info(f"pipeline: encoder fingerprint {fingerprint}; heads trained for another are refused")
+        self.dispatcher = HeadDispatcher(config["parameters"]["executor_model"]["string_value"])
 
     async def execute(self, requests):
         responses: list = [None] * len(requests)
@@ -93,12 +85,9 @@ class TritonPythonModel:
                 for index in owners:
                     responses[index] = _error_response(embeddings)
             else:
-                rows_by_head = group_rows_by_head(heads)
-                outputs = await self.dispatcher.run(embeddings, rows_by_head)  # errors per head, never raises
-                for head, rows in rows_by_head.items():
-                    result = outputs[head]
-                    for position, row in enumerate(rows):
-                        responses[owners[row]] = _response(result, position)
+                results = await self.dispatcher.run(embeddings, heads)  # errors per row, never raises
+                for index, result in zip(owners, results, strict=True):
+                    responses[index] = _response(result)
         return responses
 
     def _parse(self, request):
@@ -110,9 +99,6 @@ class TritonPythonModel:
         head = _single_string(request, "HEAD")
         if isinstance(head, pb_utils.TritonError):
             return head
-        problem = head_name_problem(head)
-        if problem is not None:
-            return _invalid(problem)
         return text, head
 
     async def _embed(self, texts: list[str]):
@@ -128,10 +114,10 @@ class TritonPythonModel:
         return pb_utils.get_output_tensor_by_name(response, EMBEDDING_OUTPUT).as_numpy()
 
 
-def _response(result, position: int):
+def _response(result):
     if not isinstance(result, HeadOutput):
         return _error_response(result)
-    probabilities = result.probabilities[position]
+    probabilities = result.probabilities
     best = int(np.argmax(probabilities))
     return pb_utils.InferenceResponse(
         output_tensors=[

@@ -1,0 +1,114 @@
+"""Where a head's files are: the one place the executor reads the model repository.
+
+A head named ``<name>`` is registered as the Triton model ``head_<name>``; each of its version
+folders holds what the executor serves::
+
+    <repository>/head_<name>/<version>/model.onnx    the head (any ONNX graph FP32 [B, D] -> [B, C])
+    <repository>/head_<name>/<version>/labels.txt    class names in output order, one per line
+    <repository>/head_<name>/<version>/head.json     encoder fingerprint, training metrics
+
+Reading goes through ``HeadFiles`` only, so serving the repository from elsewhere (object
+storage) changes this module and nothing else. Pure Python, no Triton import.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+
+HEAD_MODEL_PREFIX = "head_"
+MODEL_FILE = "model.onnx"
+LABELS_FILE = "labels.txt"
+HEAD_INFO_FILE = "head.json"
+ENCODER_INFO_FILE = "encoder.json"
+#: Kept identical to headroom/naming.py (a test checks): the only names turned into model names.
+HEAD_NAME_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,47}$"
+RESERVED_HEAD_NAMES = frozenset({"encoder", "tokenizer", "embed", "pipeline", "executor"})
+
+_HEAD_NAME = re.compile(HEAD_NAME_PATTERN)
+
+
+def head_name_problem(name: str) -> str | None:
+    """Why ``name`` cannot name a head, or None when it can."""
+    if not _HEAD_NAME.fullmatch(name):
+        return (
+            f"invalid head name {name!r}: names are 1-48 characters of a-z, 0-9, '_' and '-' "
+            "starting with a letter or digit"
+        )
+    if name in RESERVED_HEAD_NAMES:
+        return f"'{name}' is a system model, not a head"
+    return None
+
+
+def version_numbers(model_dir: str) -> list[int]:
+    """Numeric version folders of a model, newest first (OSError when the folder is gone)."""
+    return sorted((int(n) for n in os.listdir(model_dir) if n.isascii() and n.isdigit()), reverse=True)
+
+
+def _read_json(path: str) -> dict:
+    try:
+        with open(path, encoding="utf-8") as handle:
+            value = json.load(handle)
+    except (OSError, ValueError):
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+class HeadFiles:
+    """Read-only view of the heads in one model repository folder."""
+
+    def __init__(self, repository: str) -> None:
+        self.repository = repository
+
+    def model_name(self, head: str) -> str:
+        return HEAD_MODEL_PREFIX + head
+
+    def folder(self, head: str) -> str:
+        return os.path.join(self.repository, self.model_name(head))
+
+    def stamp(self, head: str) -> int | None:
+        """Changes whenever a version folder is added or removed; None once the head is gone."""
+        try:
+            return os.stat(self.folder(head)).st_mtime_ns
+        except OSError:
+            return None
+
+    def versions(self, head: str) -> list[int]:
+        """Version numbers on disk, newest first; [] when the head is gone."""
+        try:
+            return version_numbers(self.folder(head))
+        except OSError:
+            return []
+
+    def has_version(self, head: str, version: int) -> bool:
+        return os.path.isdir(os.path.join(self.folder(head), str(version)))
+
+    def read(self, head: str, version: int) -> tuple[bytes, list[str]]:
+        """The head file and its labels (OSError when missing)."""
+        version_dir = os.path.join(self.folder(head), str(version))
+        with open(os.path.join(version_dir, MODEL_FILE), "rb") as handle:
+            model_bytes = handle.read()
+        # newline="\n": only line feeds separate labels (onboarding refuses labels with any).
+        with open(os.path.join(version_dir, LABELS_FILE), encoding="utf-8", newline="\n") as handle:
+            labels = [line.rstrip("\n") for line in handle if line.strip()]
+        return model_bytes, labels
+
+    def trained_for(self, head: str, version: int) -> str | None:
+        """Encoder fingerprint the version was trained against (None when not recorded)."""
+        info = _read_json(os.path.join(self.folder(head), str(version), HEAD_INFO_FILE))
+        value = info.get("encoder_fingerprint")
+        return value if isinstance(value, str) else None
+
+    def encoder_fingerprint(self, encoder_model: str) -> str | None:
+        """Fingerprint in the newest ``<encoder>/<version>/encoder.json``, or None without one."""
+        encoder_dir = os.path.join(self.repository, encoder_model)
+        try:
+            versions = version_numbers(encoder_dir)
+        except OSError:
+            return None
+        for version in versions:
+            info = _read_json(os.path.join(encoder_dir, str(version), ENCODER_INFO_FILE))
+            if info:
+                return info.get("fingerprint")
+        return None

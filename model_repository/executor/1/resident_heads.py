@@ -1,0 +1,362 @@
+"""Heads held in memory by the executor: stacked linear heads, ONNX Runtime sessions, an LRU.
+
+Pure numpy / onnx / onnxruntime (no Triton import), so unit tests exercise it directly.
+
+- ``linear_parameters`` recognises a head that is one linear layer and a softmax (the graph
+  headroom's training exports: ``Gemm`` + ``Softmax``, or ``MatMul`` + ``Add`` + ``Softmax``) and
+  returns its weights and bias. Such heads are **stacked**: ``LinearBank`` keeps the weights of
+  every resident head with the same class count in one preallocated array, so the rows of a mixed
+  batch run as one gather + batched matmul + softmax per class count.
+- Any other ONNX head runs as its own ``SessionHead`` (1 intra-op thread, no memory arena), its
+  rows grouped into one session call.
+- ``HeadResidency`` keeps what is resident under a byte budget, evicting the least recently used
+  head first; the heads a batch is using are never evicted by that batch.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Hashable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+from onnx import numpy_helper
+
+#: Rows a bank's arrays hold when first created; they double when full.
+INITIAL_BANK_SLOTS = 16
+
+
+class HeadFileError(ValueError):
+    """A head file that cannot serve: not ONNX, wrong input, labels that do not match."""
+
+
+# --- recognising linear heads ----------------------------------------------------------------
+def _attribute(node: onnx.NodeProto, name: str, default):
+    for attribute in node.attribute:
+        if attribute.name == name:
+            return onnx.helper.get_attribute_value(attribute)
+    return default
+
+
+def _softmax_over_classes(node: onnx.NodeProto) -> bool:
+    # Opset >= 13 Softmax normalises one axis; on [batch, classes] that is -1 or 1.
+    return node.op_type == "Softmax" and _attribute(node, "axis", -1) in (-1, 1)
+
+
+def linear_parameters(model: onnx.ModelProto) -> tuple[np.ndarray, np.ndarray] | None:
+    """(weights [C, D], bias [C]) of a one-layer softmax head, or None for any other graph."""
+    graph = model.graph
+    initializers = {tensor.name: numpy_helper.to_array(tensor) for tensor in graph.initializer}
+    nodes = list(graph.node)
+    if len(graph.input) != 1 or len(graph.output) != 1 or not nodes or not _softmax_over_classes(nodes[-1]):
+        return None
+    x = graph.input[0].name
+    if nodes[-1].output[0] != graph.output[0].name:
+        return None
+    if len(nodes) == 2 and nodes[0].op_type == "Gemm":
+        gemm = nodes[0]
+        if len(gemm.input) != 3 or gemm.input[0] != x or gemm.output[0] != nodes[1].input[0]:
+            return None
+        if _attribute(gemm, "alpha", 1.0) != 1.0 or _attribute(gemm, "beta", 1.0) != 1.0:
+            return None
+        if _attribute(gemm, "transA", 0) != 0:
+            return None
+        weights, bias = initializers.get(gemm.input[1]), initializers.get(gemm.input[2])
+        if weights is None or bias is None or weights.ndim != 2:
+            return None
+        if not _attribute(gemm, "transB", 0):
+            weights = weights.T  # stored [D, C]
+    elif len(nodes) == 3 and (nodes[0].op_type, nodes[1].op_type) == ("MatMul", "Add"):
+        matmul, add = nodes[0], nodes[1]
+        if matmul.input[0] != x or matmul.output[0] not in add.input or add.output[0] != nodes[2].input[0]:
+            return None
+        other = [name for name in add.input if name != matmul.output[0]]
+        weights = initializers.get(matmul.input[1])
+        bias = initializers.get(other[0]) if len(other) == 1 else None
+        if weights is None or bias is None or weights.ndim != 2:
+            return None
+        weights = weights.T  # MatMul holds [D, C]
+    else:
+        return None
+    bias = np.asarray(bias).reshape(-1)
+    if weights.dtype != np.float32 or bias.dtype != np.float32 or bias.shape[0] != weights.shape[0]:
+        return None
+    return np.ascontiguousarray(weights), np.ascontiguousarray(bias)
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Row-wise softmax computed as ONNX Runtime's Softmax does (max-shifted, float32)."""
+    shifted = logits - logits.max(axis=-1, keepdims=True)
+    exp = np.exp(shifted)
+    return exp / exp.sum(axis=-1, keepdims=True)
+
+
+# --- stacked linear heads --------------------------------------------------------------------
+class LinearBank:
+    """Weights and biases of every resident linear head with ``classes`` classes, stacked.
+
+    Slots are reused after ``release``; the arrays double when full and never shrink (a freed
+    slot is handed to the next head of the same class count).
+    """
+
+    def __init__(self, classes: int, dim: int, slots: int = INITIAL_BANK_SLOTS) -> None:
+        self.classes = classes
+        self.dim = dim
+        self.weights = np.zeros((slots, classes, dim), dtype=np.float32)
+        self.biases = np.zeros((slots, classes), dtype=np.float32)
+        self._free = list(range(slots - 1, -1, -1))
+
+    @property
+    def capacity(self) -> int:
+        return self.weights.shape[0]
+
+    @property
+    def used(self) -> int:
+        return self.capacity - len(self._free)
+
+    def add(self, weights: np.ndarray, bias: np.ndarray) -> int:
+        if not self._free:
+            self._grow()
+        slot = self._free.pop()
+        self.weights[slot] = weights
+        self.biases[slot] = bias
+        return slot
+
+    def release(self, slot: int) -> None:
+        self._free.append(slot)
+
+    def _grow(self) -> None:
+        old = self.capacity
+        self.weights = np.concatenate([self.weights, np.zeros_like(self.weights)])
+        self.biases = np.concatenate([self.biases, np.zeros_like(self.biases)])
+        self._free.extend(range(2 * old - 1, old - 1, -1))
+
+    def run(self, embeddings: np.ndarray, slots: np.ndarray) -> np.ndarray:
+        """Probabilities [rows, classes]: row i through the head in ``slots[i]``."""
+        logits = np.matmul(self.weights[slots], embeddings[:, :, None])[:, :, 0] + self.biases[slots]
+        return softmax(logits)
+
+
+class SessionHead:
+    """A head that is not one linear layer: its own small ONNX Runtime session."""
+
+    def __init__(self, model_bytes: bytes) -> None:
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = 1
+        options.inter_op_num_threads = 1
+        options.enable_cpu_mem_arena = False  # ~90 KB per head instead of an arena each
+        try:
+            self.session = ort.InferenceSession(model_bytes, options, providers=["CPUExecutionProvider"])
+        except Exception as exc:  # onnxruntime raises its own exception types
+            raise HeadFileError(f"ONNX Runtime cannot load the head: {exc}") from exc
+        inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
+        if len(inputs) != 1 or len(outputs) < 1:
+            raise HeadFileError(f"a head takes one input and gives probabilities, this one has {len(inputs)} inputs")
+        self.input_name = inputs[0].name
+        self.output_name = outputs[0].name
+
+    def run(self, embeddings: np.ndarray) -> np.ndarray:
+        return self.session.run([self.output_name], {self.input_name: embeddings})[0]
+
+
+# --- what one head costs in memory, and how it runs -----------------------------------------
+@dataclass
+class ResidentHead:
+    """One head version in memory: in a bank slot (linear) or as a session."""
+
+    labels: tuple[str, ...]
+    nbytes: int
+    bank: LinearBank | None = None
+    slot: int = -1
+    session: SessionHead | None = None
+
+    @property
+    def encoded_labels(self) -> list[bytes]:
+        """UTF-8 label names, encoded once per residency rather than once per answered row."""
+        cached = self.__dict__.get("_encoded_labels")
+        if cached is None:
+            cached = self.__dict__["_encoded_labels"] = [label.encode("utf-8") for label in self.labels]
+        return cached
+
+
+def check_head_input(model: onnx.ModelProto, dim: int) -> None:
+    """Refuse a head whose one input is not FP32 [batch, ``dim``]."""
+    if len(model.graph.input) != 1:
+        raise HeadFileError(f"a head has exactly one input, this one has {len(model.graph.input)}")
+    tensor_type = model.graph.input[0].type.tensor_type
+    if tensor_type.elem_type != onnx.TensorProto.FLOAT:
+        name = onnx.TensorProto.DataType.Name(tensor_type.elem_type)
+        raise HeadFileError(f"a head's input must be FLOAT (FP32), this one is {name}")
+    dims = [d.dim_value if d.HasField("dim_value") else None for d in tensor_type.shape.dim]
+    if len(dims) != 2 or dims[1] != dim:
+        shown = ["?" if d is None else d for d in dims]
+        raise HeadFileError(f"a head's input must be [batch, {dim}], this one is {shown}")
+
+
+def parse_head(
+    model_bytes: bytes, labels: Sequence[str], dim: int
+) -> tuple[tuple[np.ndarray, np.ndarray] | None, bytes]:
+    """Validate a head file; returns its linear parameters (None when it needs a session)."""
+    try:
+        model = onnx.load_from_string(model_bytes)
+    except Exception as exc:  # protobuf's DecodeError and friends
+        raise HeadFileError(f"the head file is not an ONNX model ({type(exc).__name__})") from exc
+    check_head_input(model, dim)
+    parameters = linear_parameters(model)
+    if parameters is not None and parameters[0].shape != (len(labels), dim):
+        raise HeadFileError(
+            f"the head has {parameters[0].shape[0]} classes of width {parameters[0].shape[1]} but "
+            f"labels.txt names {len(labels)} labels"
+        )
+    return parameters, model_bytes
+
+
+# --- residency -------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ResidencyStats:
+    resident_heads: int
+    resident_bytes: int
+    budget_bytes: int
+    loads: int
+    evictions: int
+
+
+class HeadResidency:
+    """Head versions in memory, least recently used evicted first under ``budget_bytes``.
+
+    ``acquire(keys, load)`` makes every key resident (calling ``load(key)`` for the missing ones)
+    and returns them in order; keys used by that call are protected from eviction while it runs,
+    so a batch with more heads than the budget holds still completes (over budget until the next
+    call). ``release(key)`` drops a head at once (offboarded or replaced). Thread-safe.
+    """
+
+    def __init__(self, budget_bytes: int, dim: int, log: Callable[[str], None] | None = None) -> None:
+        self.budget_bytes = budget_bytes
+        self.dim = dim
+        self._entries: OrderedDict[Hashable, ResidentHead] = OrderedDict()
+        self._banks: dict[int, LinearBank] = {}
+        self._bytes = 0
+        self._loads = 0
+        self._evictions = 0
+        self._log = log or (lambda _message: None)
+        self.lock = threading.RLock()
+
+    def keys(self) -> list[Hashable]:
+        """Resident keys, least recently used first."""
+        with self.lock:
+            return list(self._entries)
+
+    def stats(self) -> ResidencyStats:
+        with self.lock:
+            return ResidencyStats(len(self._entries), self._bytes, self.budget_bytes, self._loads, self._evictions)
+
+    def acquire(
+        self, keys: Sequence[Hashable], load: Callable[[Hashable], tuple[bytes, Sequence[str]]]
+    ) -> dict[Hashable, ResidentHead | Exception]:
+        """Each distinct key's resident head, or the exception loading it raised (per key)."""
+        with self.lock:
+            wanted = list(dict.fromkeys(keys))
+            result: dict[Hashable, ResidentHead | Exception] = {}
+            for key in wanted:
+                entry = self._entries.get(key)
+                if entry is not None:
+                    self._entries.move_to_end(key)
+                    result[key] = entry
+                    continue
+                try:
+                    entry = self._load(key, load)
+                except Exception as exc:  # one head's bad file never fails the others
+                    result[key] = exc
+                    continue
+                self._entries[key] = entry
+                self._bytes += entry.nbytes
+                result[key] = entry
+            self._evict(protected=set(wanted))
+            return result
+
+    def _load(self, key: Hashable, load: Callable[[Hashable], tuple[bytes, Sequence[str]]]) -> ResidentHead:
+        started = time.perf_counter()
+        model_bytes, labels = load(key)
+        labels = tuple(labels)
+        parameters, _ = parse_head(model_bytes, labels, self.dim)
+        if parameters is not None:
+            weights, bias = parameters
+            bank = self._banks.get(weights.shape[0])
+            if bank is None:
+                bank = self._banks[weights.shape[0]] = LinearBank(weights.shape[0], self.dim)
+            slot = bank.add(weights, bias)
+            entry = ResidentHead(labels=labels, nbytes=weights.nbytes + bias.nbytes, bank=bank, slot=slot)
+        else:
+            entry = ResidentHead(labels=labels, nbytes=len(model_bytes), session=SessionHead(model_bytes))
+        self._loads += 1
+        kind = "stacked" if entry.bank is not None else "session"
+        self._log(f"head {key} resident ({kind}, {entry.nbytes} B) in {1000 * (time.perf_counter() - started):.1f} ms")
+        return entry
+
+    def release(self, key: Hashable) -> bool:
+        """Drop ``key`` from memory now; False when it was not resident."""
+        with self.lock:
+            entry = self._entries.pop(key, None)
+            if entry is None:
+                return False
+            self._free(entry)
+            return True
+
+    def _free(self, entry: ResidentHead) -> None:
+        self._bytes -= entry.nbytes
+        if entry.bank is not None:
+            entry.bank.release(entry.slot)
+        entry.session = None
+
+    def _evict(self, protected: set) -> None:
+        for key in list(self._entries):
+            if self._bytes <= self.budget_bytes:
+                return
+            if key in protected:
+                continue
+            self._free(self._entries.pop(key))
+            self._evictions += 1
+
+
+# --- running a mixed batch -------------------------------------------------------------------
+def run_rows(embeddings: np.ndarray, heads: Sequence[ResidentHead | None]) -> list[np.ndarray | Exception | None]:
+    """Probabilities of each row through its head (None rows are skipped).
+
+    Linear heads run as one gather + batched matmul + softmax per class count; session heads as
+    one session call per head with all of its rows. A failing session fails only its own rows.
+    """
+    out: list[np.ndarray | Exception | None] = [None] * len(heads)
+    by_bank: dict[int, tuple[LinearBank, list[int]]] = {}
+    by_session: dict[int, tuple[ResidentHead, list[int]]] = {}
+    for row, head in enumerate(heads):
+        if head is None:
+            continue
+        if head.bank is not None:
+            by_bank.setdefault(id(head.bank), (head.bank, []))[1].append(row)
+        else:
+            by_session.setdefault(id(head), (head, []))[1].append(row)
+    for bank, rows in by_bank.values():
+        slots = np.fromiter((heads[row].slot for row in rows), dtype=np.int64, count=len(rows))
+        probabilities = bank.run(embeddings[rows], slots)
+        for position, row in enumerate(rows):
+            out[row] = probabilities[position]
+    for head, rows in by_session.values():
+        try:
+            probabilities = head.session.run(np.ascontiguousarray(embeddings[rows], dtype=np.float32))
+            if probabilities.ndim != 2 or probabilities.shape[0] != len(rows):
+                raise HeadFileError(f"the head returned shape {list(probabilities.shape)} for {len(rows)} rows")
+            if probabilities.shape[1] != len(head.labels):
+                raise HeadFileError(
+                    f"the head returned {probabilities.shape[1]} probabilities but names {len(head.labels)} labels"
+                )
+        except Exception as exc:  # this head's rows fail, the rest of the batch is answered
+            for row in rows:
+                out[row] = exc
+            continue
+        for position, row in enumerate(rows):
+            out[row] = probabilities[position].astype(np.float32, copy=False)
+    return out

@@ -1,0 +1,289 @@
+"""Unit tests of the head executor's pure parts: stacking, grouping, LRU residency, versions.
+
+The modules live in ``model_repository/executor/1/`` (Triton loads them from there); they import
+no Triton code, so they are tested here with small real ONNX graphs and ONNX Runtime.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from export.heads import HEAD_INPUT, HEAD_OUTPUT, TrainedHead, head_to_onnx
+from headroom import config
+
+EXECUTOR_DIR = config.MODEL_REPOSITORY / config.EXECUTOR_MODEL / "1"
+DIM = 8
+
+
+@pytest.fixture(scope="module")
+def executor_modules():
+    sys.path.insert(0, str(EXECUTOR_DIR))
+    try:
+        yield (
+            importlib.import_module("resident_heads"),
+            importlib.import_module("served_versions"),
+            importlib.import_module("head_files"),
+        )
+    finally:
+        sys.path.remove(str(EXECUTOR_DIR))
+
+
+def linear_head(classes: int, seed: int, dim: int = DIM) -> tuple[bytes, list[str], TrainedHead]:
+    rng = np.random.default_rng(seed)
+    head = TrainedHead(
+        weights=rng.normal(size=(classes, dim)).astype(np.float32),
+        bias=rng.normal(size=classes).astype(np.float32),
+        labels=[f"c{seed}_{i}" for i in range(classes)],
+    )
+    return head_to_onnx(head).SerializeToString(), head.labels, head
+
+
+def matmul_add_head(classes: int, seed: int) -> tuple[bytes, list[str]]:
+    """The other linear form: MatMul [D, C] + Add + Softmax."""
+    rng = np.random.default_rng(seed)
+    graph = helper.make_graph(
+        [
+            helper.make_node("MatMul", [HEAD_INPUT, "w"], ["xw"]),
+            helper.make_node("Add", ["xw", "b"], ["logits"]),
+            helper.make_node("Softmax", ["logits"], [HEAD_OUTPUT], axis=-1),
+        ],
+        "head",
+        [helper.make_tensor_value_info(HEAD_INPUT, TensorProto.FLOAT, ["batch", DIM])],
+        [helper.make_tensor_value_info(HEAD_OUTPUT, TensorProto.FLOAT, ["batch", classes])],
+        [
+            numpy_helper.from_array(rng.normal(size=(DIM, classes)).astype(np.float32), "w"),
+            numpy_helper.from_array(rng.normal(size=classes).astype(np.float32), "b"),
+        ],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model.SerializeToString(), [f"m{i}" for i in range(classes)]
+
+
+def mlp_head(classes: int, seed: int, hidden: int = 16) -> tuple[bytes, list[str]]:
+    """A non-linear head: Gemm -> Relu -> Gemm -> Softmax (runs as its own session)."""
+    rng = np.random.default_rng(seed)
+    graph = helper.make_graph(
+        [
+            helper.make_node("Gemm", [HEAD_INPUT, "w1", "b1"], ["h"], transB=1),
+            helper.make_node("Relu", ["h"], ["r"]),
+            helper.make_node("Gemm", ["r", "w2", "b2"], ["logits"], transB=1),
+            helper.make_node("Softmax", ["logits"], [HEAD_OUTPUT], axis=-1),
+        ],
+        "mlp",
+        [helper.make_tensor_value_info(HEAD_INPUT, TensorProto.FLOAT, ["batch", DIM])],
+        [helper.make_tensor_value_info(HEAD_OUTPUT, TensorProto.FLOAT, ["batch", classes])],
+        [
+            numpy_helper.from_array(rng.normal(size=(hidden, DIM)).astype(np.float32), "w1"),
+            numpy_helper.from_array(rng.normal(size=hidden).astype(np.float32), "b1"),
+            numpy_helper.from_array(rng.normal(size=(classes, hidden)).astype(np.float32), "w2"),
+            numpy_helper.from_array(rng.normal(size=classes).astype(np.float32), "b2"),
+        ],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model.SerializeToString(), [f"n{i}" for i in range(classes)]
+
+
+def run_alone(model_bytes: bytes, x: np.ndarray) -> np.ndarray:
+    session = ort.InferenceSession(model_bytes, providers=["CPUExecutionProvider"])
+    return session.run(None, {session.get_inputs()[0].name: x})[0]
+
+
+def embeddings(rows: int, seed: int = 0) -> np.ndarray:
+    x = np.random.default_rng(seed).normal(size=(rows, DIM)).astype(np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+# --- recognising and stacking linear heads ---------------------------------------------------
+def test_trained_heads_and_matmul_heads_are_recognised_as_linear(executor_modules):
+    resident_heads, _, _ = executor_modules
+    model_bytes, _, head = linear_head(5, seed=1)
+    weights, bias = resident_heads.linear_parameters(onnx.load_from_string(model_bytes))
+    np.testing.assert_array_equal(weights, head.weights)
+    np.testing.assert_array_equal(bias, head.bias)
+    weights, bias = resident_heads.linear_parameters(onnx.load_from_string(matmul_add_head(3, seed=2)[0]))
+    assert weights.shape == (3, DIM) and bias.shape == (3,)
+    assert resident_heads.linear_parameters(onnx.load_from_string(mlp_head(3, seed=3)[0])) is None
+
+
+def test_a_bank_grows_and_reuses_freed_slots(executor_modules):
+    resident_heads, _, _ = executor_modules
+    bank = resident_heads.LinearBank(classes=3, dim=DIM, slots=2)
+    slots = [bank.add(np.full((3, DIM), i, np.float32), np.zeros(3, np.float32)) for i in range(3)]
+    assert sorted(slots) == [0, 1, 2] and bank.capacity == 4 and bank.used == 3
+    # Growing kept what the first slots held.
+    assert [float(bank.weights[slot, 0, 0]) for slot in slots] == [0.0, 1.0, 2.0]
+    bank.release(slots[1])
+    assert bank.used == 2
+    assert bank.add(np.zeros((3, DIM), np.float32), np.zeros(3, np.float32)) == slots[1]
+
+
+def test_mixed_batch_equals_each_head_run_alone(executor_modules):
+    """Stacked (2 class counts, 2 graph forms) and session heads, rows interleaved."""
+    resident_heads, _, _ = executor_modules
+    heads = [linear_head(3, 10)[:2], linear_head(3, 11)[:2], linear_head(7, 12)[:2], matmul_add_head(3, 13)]
+    heads += [mlp_head(4, 14), mlp_head(2, 15)]
+    residency = resident_heads.HeadResidency(budget_bytes=1 << 20, dim=DIM)
+    loaded = residency.acquire(list(range(len(heads))), lambda key: heads[key])
+    assert sum(entry.bank is not None for entry in loaded.values()) == 4
+    assert sum(entry.session is not None for entry in loaded.values()) == 2
+    rows = 60
+    owner = np.random.default_rng(1).integers(0, len(heads), size=rows)
+    x = embeddings(rows)
+    out = resident_heads.run_rows(x, [loaded[int(key)] for key in owner])
+    for key, (model_bytes, labels) in enumerate(heads):
+        mine = np.flatnonzero(owner == key)
+        expected = run_alone(model_bytes, x[mine])
+        got = np.stack([out[row] for row in mine])
+        assert got.shape == (len(mine), len(labels))
+        np.testing.assert_allclose(got, expected, atol=1e-6)
+
+
+def test_a_failing_session_head_fails_only_its_rows(executor_modules):
+    resident_heads, _, _ = executor_modules
+    good = linear_head(3, 20)[:2]
+    mlp_bytes, _ = mlp_head(4, 21)
+    wrong_labels = (mlp_bytes, ["only", "two"])  # the graph gives 4 probabilities
+    residency = resident_heads.HeadResidency(budget_bytes=1 << 20, dim=DIM)
+    loaded = residency.acquire(["good", "bad"], lambda key: good if key == "good" else wrong_labels)
+    out = resident_heads.run_rows(embeddings(4), [loaded["good"], loaded["bad"], None, loaded["good"]])
+    assert out[0].shape == (3,) and out[3].shape == (3,) and out[2] is None
+    assert isinstance(out[1], resident_heads.HeadFileError) and "4 probabilities" in str(out[1])
+
+
+@pytest.mark.parametrize(
+    ("model_bytes", "labels", "message"),
+    [
+        (b"not an onnx file", ["a"], "not an ONNX model"),
+        (linear_head(3, 30, dim=DIM + 1)[0], ["a", "b", "c"], f"[batch, {DIM}]"),
+        (linear_head(3, 31)[0], ["a", "b"], "names 2 labels"),
+    ],
+    ids=["not-onnx", "wrong-width", "labels-mismatch"],
+)
+def test_bad_head_files_are_refused_per_head(executor_modules, model_bytes, labels, message):
+    resident_heads, _, _ = executor_modules
+    good = linear_head(3, 32)[:2]
+    residency = resident_heads.HeadResidency(budget_bytes=1 << 20, dim=DIM)
+    loaded = residency.acquire(["bad", "good"], lambda key: (model_bytes, labels) if key == "bad" else good)
+    assert isinstance(loaded["bad"], resident_heads.HeadFileError) and message in str(loaded["bad"])
+    assert loaded["good"].bank is not None
+    assert residency.keys() == ["good"]
+
+
+def test_int64_input_is_refused(executor_modules):
+    resident_heads, _, _ = executor_modules
+    graph = helper.make_graph(
+        [
+            helper.make_node("Cast", [HEAD_INPUT], ["f"], to=TensorProto.FLOAT),
+            helper.make_node("Softmax", ["f"], ["p"]),
+        ],
+        "g",
+        [helper.make_tensor_value_info(HEAD_INPUT, TensorProto.INT64, ["batch", DIM])],
+        [helper.make_tensor_value_info("p", TensorProto.FLOAT, ["batch", DIM])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    with pytest.raises(resident_heads.HeadFileError, match="FLOAT"):
+        resident_heads.parse_head(model.SerializeToString(), [str(i) for i in range(DIM)], DIM)
+
+
+# --- LRU order and byte budget -----------------------------------------------------------------
+def test_lru_order_and_byte_budget(executor_modules):
+    resident_heads, _, _ = executor_modules
+    heads = {name: linear_head(4, seed)[:2] for seed, name in enumerate("abcde")}
+    per_head = 4 * DIM * 4 + 4 * 4  # weights + bias, float32
+    residency = resident_heads.HeadResidency(budget_bytes=3 * per_head, dim=DIM)
+    loads: list[str] = []
+
+    def load(key):
+        loads.append(key)
+        return heads[key]
+
+    residency.acquire(["a", "b", "c"], load)
+    assert residency.keys() == ["a", "b", "c"]
+    residency.acquire(["a"], load)  # a is now the most recently used
+    assert residency.keys() == ["b", "c", "a"]
+    residency.acquire(["d"], load)  # over budget: b, the least recently used, goes
+    assert residency.keys() == ["c", "a", "d"]
+    assert residency.stats().resident_bytes == 3 * per_head and residency.stats().evictions == 1
+    residency.acquire(["b"], load)  # loaded again from its files
+    assert loads == ["a", "b", "c", "d", "b"]
+    assert residency.keys() == ["a", "d", "b"]
+
+
+def test_a_batch_larger_than_the_budget_keeps_its_heads_until_done(executor_modules):
+    resident_heads, _, _ = executor_modules
+    heads = {name: linear_head(2, seed)[:2] for seed, name in enumerate("abc")}
+    per_head = 2 * DIM * 4 + 2 * 4
+    residency = resident_heads.HeadResidency(budget_bytes=per_head, dim=DIM)
+    loaded = residency.acquire(["a", "b", "c"], heads.__getitem__)
+    assert all(not isinstance(entry, Exception) for entry in loaded.values())
+    assert residency.keys() == ["a", "b", "c"]  # protected while this batch runs
+    residency.acquire(["c"], heads.__getitem__)
+    assert residency.keys() == ["c"]  # back under budget at the next call
+
+
+def test_release_frees_bytes_and_the_slot(executor_modules):
+    resident_heads, _, _ = executor_modules
+    residency = resident_heads.HeadResidency(budget_bytes=1 << 20, dim=DIM)
+    head = linear_head(3, 40)[:2]
+    entry = residency.acquire([("x", 1)], lambda _key: head)[("x", 1)]
+    assert residency.stats().resident_bytes > 0 and entry.bank.used == 1
+    assert residency.release(("x", 1)) is True
+    assert residency.stats().resident_bytes == 0 and entry.bank.used == 0 and residency.keys() == []
+    assert residency.release(("x", 1)) is False
+
+
+# --- which version serves ----------------------------------------------------------------------
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_served_version_follows_readiness_and_the_folder(executor_modules, tmp_path):
+    _, served_versions, head_files = executor_modules
+    files = head_files.HeadFiles(str(tmp_path))
+    (tmp_path / "head_acme" / "1").mkdir(parents=True)
+    ready = {("head_acme", "1")}
+    asked: list[tuple[str, str]] = []
+
+    def is_ready(model: str, version: str) -> bool:
+        asked.append((model, version))
+        return (model, version) in ready
+
+    clock = FakeClock()
+    served = served_versions.ServedVersions(files, is_ready, ttl_s=0.2, clock=clock)
+    assert served.resolve("acme") == 1
+    asked.clear()
+    assert served.resolve("acme") == 1 and asked == []  # cached within the TTL
+
+    # A bare unload through model control: seen once the TTL has passed.
+    ready.clear()
+    assert served.resolve("acme") == 1
+    clock.now += 0.3
+    assert served.resolve("acme") is None
+
+    # Version 2 written while 1 serves: 1 answers until 2 is READY, then 2 at once.
+    ready.add(("head_acme", "1"))
+    assert served.resolve("acme") == 1
+    (tmp_path / "head_acme" / "2").mkdir()
+    assert served.resolve("acme") == 1
+    ready.add(("head_acme", "2"))
+    assert served.resolve("acme") == 2
+
+    # Offboarded (folder gone): at once, whatever the cache says.
+    (tmp_path / "head_acme" / "1").rmdir()
+    (tmp_path / "head_acme" / "2").rmdir()
+    (tmp_path / "head_acme").rmdir()
+    assert served.resolve("acme") is None
+    assert served.resolve("never-onboarded") is None
