@@ -70,3 +70,32 @@ def test_finds_the_newest_encoder_version_with_a_tokenizer(module, tmp_path):
     assert module.find_tokenizer_file(tmp_path) == tmp_path / "3" / "tokenizer.json"
     with pytest.raises(FileNotFoundError):
         module.find_tokenizer_file(tmp_path / "10")
+
+
+def test_blank_check_agrees_with_the_tokenizer_on_every_code_point():
+    """The pipeline refuses a text as empty exactly when the tokenizer keeps nothing of it."""
+    import sys
+
+    from tokenizers import Tokenizer
+
+    sys.path.insert(0, str(config.MODEL_REPOSITORY / config.PIPELINE_MODEL / "1"))
+    try:
+        from text_checks import BlankCheck
+    finally:
+        sys.path.pop(0)
+    tokenizer_file = model_source_dir() / "tokenizer.json"
+    blank = BlankCheck(str(tokenizer_file))
+    tokenizer = Tokenizer.from_file(str(tokenizer_file))
+    tokenizer.no_padding()
+    tokenizer.no_truncation()
+    # Every code point of the first three planes (surrogates excluded), and mixed texts.
+    texts = [chr(c) for c in range(0x30000) if not 0xD800 <= c <= 0xDFFF]
+    texts += ["\x00\x00\x00", "\u200b\u200d\ufeff", "\x01\x02 \u00ad", "a\u200b", " \u0301 ", "\ufffd\t", "é"]
+    disagreements = [
+        text
+        for text, encoding in zip(texts, tokenizer.encode_batch(texts), strict=True)
+        if blank(text) == any(not special for special in encoding.special_tokens_mask)
+    ]
+    assert not disagreements, [f"U+{ord(t[0]):04X}" if len(t) == 1 else t for t in disagreements[:10]]
+    assert blank("\x00\x00\x00") and blank("\u200b\u200d\ufeff") and blank(" \t\n")
+    assert not blank("é") and not blank("a\u200b")

@@ -29,11 +29,18 @@ RESERVED_HEAD_NAMES = frozenset({"encoder", "tokenizer", "embed", "pipeline", "e
 _HEAD_NAME = re.compile(HEAD_NAME_PATTERN)
 
 
+#: Longest piece of a refused name echoed in an error (gRPC carries messages in 8 KiB metadata).
+SHOWN_NAME_CHARS = 64
+
+
 def head_name_problem(name: str) -> str | None:
     """Why ``name`` cannot name a head, or None when it can."""
     if not _HEAD_NAME.fullmatch(name):
+        shown = repr(name)
+        if len(name) > SHOWN_NAME_CHARS:
+            shown = f"{name[:SHOWN_NAME_CHARS]!r}... ({len(name)} characters)"
         return (
-            f"invalid head name {name!r}: names are 1-48 characters of a-z, 0-9, '_' and '-' "
+            f"invalid head name {shown}: names are 1-48 characters of a-z, 0-9, '_' and '-' "
             "starting with a letter or digit"
         )
     if name in RESERVED_HEAD_NAMES:

@@ -74,9 +74,10 @@ class TritonPythonModel:
         self.encoder_fingerprint = self.files.encoder_fingerprint(_parameter(config, "encoder_model", "encoder"))
         self.residency = HeadResidency(budget, self.dim, log=pb_utils.Logger.log_verbose)
         self.served = ServedVersions(self.files, pb_utils.is_model_ready, ttl_ms / 1000.0)
-        self._encoder_problems: dict[tuple[str, int], str | None] = {}
+        self._encoder_problems: dict[str, tuple[int, str | None]] = {}  # head -> (version, problem)
         self._resident_version: dict[str, int] = {}
         self._metrics = _Metrics()
+        self._freed = 0  # heads the sweeper freed since the last batch (reported by execute)
         self._stop = threading.Event()
         self._sweeper = threading.Thread(target=self._sweep_loop, name="executor-sweep", daemon=True)
         self._sweeper.start()
@@ -91,6 +92,7 @@ class TritonPythonModel:
 
     # --- requests ----------------------------------------------------------------------------
     def execute(self, requests):
+        self._report_sweeps()
         parsed = [self._parse(request) for request in requests]
         embeddings = [p[0] for p in parsed if not isinstance(p, RowError)]
         heads = [head for p in parsed if not isinstance(p, RowError) for head in p[1]]
@@ -169,17 +171,18 @@ class TritonPythonModel:
             return RowError("INVALID_ARG", problem)
         version = self.served.resolve(head)
         if version is None:
+            self._encoder_problems.pop(head, None)
             return not_loaded(head)
         previous = self._resident_version.get(head)
         if previous is not None and previous != version:
             self.residency.release((head, previous))  # rolled over: the old weights go now
         self._resident_version[head] = version
-        key = (head, version)
-        if key not in self._encoder_problems:
-            self._encoder_problems[key] = self._encoder_problem(head, version)
-        if self._encoder_problems[key] is not None:
-            return RowError("UNAVAILABLE", self._encoder_problems[key])
-        return key
+        checked = self._encoder_problems.get(head)
+        if checked is None or checked[0] != version:
+            checked = self._encoder_problems[head] = (version, self._encoder_problem(head, version))
+        if checked[1] is not None:
+            return RowError("UNAVAILABLE", checked[1])
+        return (head, version)
 
     def _encoder_problem(self, head: str, version: int) -> str | None:
         trained_for = self.files.trained_for(head, version)
@@ -234,12 +237,15 @@ class TritonPythonModel:
         return pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor(name, outputs[name]) for name in requested])
 
     # --- freeing offboarded heads ------------------------------------------------------------
+    # The sweeper thread only stats files and drops arrays (pure Python): calling pb_utils (logger,
+    # metrics) off the model's own thread aborted the server once (a boost interprocess lock
+    # exception), so what it did is reported by ``execute`` on the next batch.
     def _sweep_loop(self) -> None:
         while not self._stop.wait(self.sweep_interval_s):
             try:
-                self.sweep()
-            except Exception as exc:  # never let the sweeper die silently
-                pb_utils.Logger.log_warn(f"executor: sweep failed: {exc}")
+                self._freed += self.sweep()
+            except Exception:  # never let the sweeper die; the next round tries again
+                continue
 
     def sweep(self) -> int:
         """Drop resident heads whose version folder left the repository (offboarded, archived)."""
@@ -249,10 +255,13 @@ class TritonPythonModel:
             self.served.forget(key[0])
             if self._resident_version.get(key[0]) == key[1]:
                 self._resident_version.pop(key[0], None)
-        if gone:
-            pb_utils.Logger.log_info(f"executor: freed {len(gone)} head(s) no longer in the repository")
-            self._metrics.observe(self.residency.stats(), 0, 0.0)
+                self._encoder_problems.pop(key[0], None)
         return len(gone)
+
+    def _report_sweeps(self) -> None:
+        freed, self._freed = self._freed, 0
+        if freed:
+            pb_utils.Logger.log_info(f"executor: freed {freed} head(s) no longer in the repository")
 
 
 def _decode(value):
@@ -270,7 +279,10 @@ def _error_response(error: RowError):
 
 
 class _Metrics:
-    """Custom Prometheus metrics on Triton's metrics port (absent where the backend lacks them)."""
+    """Custom Prometheus metrics on Triton's metrics port (absent where the backend lacks them).
+
+    Updated from ``execute`` only (the model's own thread), once per batch.
+    """
 
     def __init__(self) -> None:
         self.enabled = hasattr(pb_utils, "MetricFamily")
@@ -288,15 +300,10 @@ class _Metrics:
         self.heads, self.bytes, self.loads, self.evictions, self.rows = (f.Metric(labels) for f in self._families)
         self._loads_seen = 0
         self._evictions_seen = 0
-        self._lock = threading.Lock()  # the sweeper thread reports too
 
     def observe(self, stats, rows: int, _seconds: float) -> None:
         if not self.enabled:
             return
-        with self._lock:
-            self._observe(stats, rows)
-
-    def _observe(self, stats, rows: int) -> None:
         self.heads.set(stats.resident_heads)
         self.bytes.set(stats.resident_bytes)
         self.loads.increment(stats.loads - self._loads_seen)

@@ -9,7 +9,8 @@ heads, then hands the embeddings and head names to ``HeadDispatcher``, which run
 head in **one** call to the shared ``executor``.
 
 Per-request errors (the request fails alone, its batch-mates are answered):
-- INVALID_ARG: TEXT empty or whitespace only, TEXT or HEAD not valid UTF-8, HEAD breaks the
+- INVALID_ARG: TEXT empty or blank (only whitespace, control or format characters: nothing the
+  tokenizer keeps), TEXT or HEAD not valid UTF-8, HEAD breaks the
   naming rule (which also keeps ``encoder``, ``pipeline`` and other system models out of reach);
 - NOT_FOUND: the head is not loaded (its registration model ``head_<name>`` is not READY:
   never onboarded, offboarded, unloaded);
@@ -21,10 +22,12 @@ A missing input is refused by Triton itself before the batch is formed (INVALID_
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 import triton_python_backend_utils as pb_utils
 from head_dispatch import HeadDispatcher, HeadOutput
+from text_checks import BlankCheck, find_tokenizer_file
 
 EMBEDDING_OUTPUT = "sentence_embedding"
 
@@ -64,6 +67,9 @@ class TritonPythonModel:
         config = json.loads(args["model_config"])
         self.embed_model = config["parameters"]["embed_model"]["string_value"]
         self.dispatcher = HeadDispatcher(config["parameters"]["executor_model"]["string_value"])
+        repository = os.path.dirname(os.path.normpath(args["model_repository"]))
+        encoder_dir = os.path.join(repository, config["parameters"]["encoder_model"]["string_value"])
+        self.is_blank = BlankCheck(find_tokenizer_file(encoder_dir))
 
     async def execute(self, requests):
         responses: list = [None] * len(requests)
@@ -94,7 +100,7 @@ class TritonPythonModel:
         text = _single_string(request, "TEXT")
         if isinstance(text, pb_utils.TritonError):
             return text
-        if not text.strip():
+        if self.is_blank(text):
             return _invalid("TEXT is empty")
         head = _single_string(request, "HEAD")
         if isinstance(head, pb_utils.TritonError):
