@@ -10,8 +10,9 @@ module prepares what the binary needs and manages its process:
 - ``PATH`` with this virtualenv's ``bin/`` first: the stub runs Python in isolated mode
   (``PYTHONPATH`` is ignored) and finds its packages through ``python3`` on ``PATH``;
   otherwise it would import the interpreter's global numpy 2 and outputs silently break;
-- ``PYTHONDONTWRITEBYTECODE=1``: a ``__pycache__`` written inside a model folder makes Triton
-  treat the model as changed and reload it;
+- the Python models' bytecode compiled before the start (``precompile_models``): a
+  ``__pycache__`` written inside a model folder later makes Triton treat the model as changed
+  and reload it, and the isolated stub ignores ``PYTHONDONTWRITEBYTECODE``;
 - ``--model-control-mode=explicit`` with the system models and every head loaded at start-up;
 - jemalloc preloaded where installed (Debian: ``libjemalloc2``): with glibc's malloc every
   model loaded through the API leaves ~10x more memory behind in the server.
@@ -23,6 +24,7 @@ import importlib.util
 import json
 import logging
 import os
+import py_compile
 import shutil
 import signal
 import socket
@@ -50,6 +52,8 @@ POLL_INTERVAL_S = 0.2
 DRAIN_FIRST = (config.PIPELINE_MODEL,)
 #: How long a stop leaves Triton after SIGTERM, even when draining used up its timeout.
 SIGTERM_GRACE_S = 5.0
+#: In the name of the shared-memory region a Python-backend stub gets on its command line.
+SHM_REGION_MARK = "_backend_shm_region_"
 
 
 def _die_with_parent() -> None:
@@ -58,6 +62,49 @@ def _die_with_parent() -> None:
 
     pr_set_pdeathsig = 1
     ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
+
+
+def _process_group(pgid: int) -> list[tuple[int, list[str]]]:
+    """(pid, argv) of every live process in process group ``pgid`` (Linux ``/proc``)."""
+    members = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            # Fields after the command name, which may hold spaces: state, ppid, pgrp, ...
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            if fields[0] == "Z" or int(fields[2]) != pgid:
+                continue
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+        except (OSError, ValueError, IndexError):
+            continue
+        members.append((int(entry.name), [arg.decode("utf-8", "replace") for arg in argv if arg]))
+    return members
+
+
+def reap_process_group(pgid: int) -> int:
+    """Kill what is left of a stopped server's process group and remove their shared memory.
+
+    Python-backend stubs normally exit when tritonserver dies, but Triton 2.51's stub deadlocks
+    when its parent dies while the stub waits for the parent's reply (a BLS call or a metric
+    family being created): killed under traffic, tritonserver leaves such stubs running for good,
+    each holding its model's memory and its ``/dev/shm`` region. Returns how many were killed.
+    """
+    leftovers = _process_group(pgid)
+    for pid, _argv in leftovers:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    for _pid, argv in leftovers:
+        for region in (arg for arg in argv if SHM_REGION_MARK in arg and "/" not in arg):
+            try:
+                os.unlink(Path("/dev/shm") / region)
+            except FileNotFoundError:
+                pass
+    if leftovers:
+        log.warning("killed %d process(es) the stopped tritonserver left behind", len(leftovers))
+    return len(leftovers)
 
 
 class ServerError(RuntimeError):
@@ -116,6 +163,25 @@ def find_jemalloc(setting: str = config.JEMALLOC) -> str | None:
             raise ServerError(f"HEADROOM_JEMALLOC={setting!r}: no such file (use auto, off or a path)")
         return setting
     return next((str(path) for path in map(Path, config.JEMALLOC_PATHS) if path.is_file()), None)
+
+
+def precompile_models(repository: Path) -> int:
+    """Write the ``__pycache__`` of every Python model now, before Triton starts.
+
+    The stub runs Python in isolated mode, so ``PYTHONDONTWRITEBYTECODE`` never reaches it: at its
+    first start it would write ``__pycache__`` into the model's folder, Triton would then count
+    the model as changed, and the first head loaded afterwards (an ensemble into ``executor``)
+    would reload the executor and every head with it. Compiled here, nothing changes later.
+    Returns how many files were (re)compiled.
+    """
+    compiled = 0
+    for source in sorted(repository.glob("*/[0-9]*/*.py")):
+        cached = Path(importlib.util.cache_from_source(str(source)))
+        if cached.exists() and cached.stat().st_mtime >= source.stat().st_mtime:
+            continue
+        py_compile.compile(str(source), cfile=str(cached), doraise=True)
+        compiled += 1
+    return compiled
 
 
 def server_environment(base: dict[str, str] | None = None) -> dict[str, str]:
@@ -242,6 +308,9 @@ class TritonServer:
         self.admin_key = admin_key
         self.models: list[str] = []
         self._log_handle = None
+        #: Set once ``wait_ready`` saw this process serve: only then does ``stop`` drain (a server
+        #: that never came up may have found its ports taken by another one).
+        self._served = False
 
     def start(self) -> None:
         if self.process is not None:
@@ -250,6 +319,7 @@ class TritonServer:
             if not (self.repository / name / "config.pbtxt").exists():
                 raise ServerError(f"{self.repository / name} is missing: is this a headroom model repository?")
         backend_dir = prepare_backend_dir()
+        precompile_models(self.repository)
         if self.requested_models is not None:
             self.models = list(self.requested_models)
         else:
@@ -275,6 +345,9 @@ class TritonServer:
                 stdout=output,
                 stderr=subprocess.STDOUT if output else None,
                 preexec_fn=_die_with_parent,
+                # A process group of its own: ``stop`` ends the stubs a crashed server leaves
+                # behind, and a terminal's Ctrl-C reaches only the launcher, which drains first.
+                start_new_session=True,
             )
         except OSError as exc:
             self._close_log()
@@ -294,11 +367,15 @@ class TritonServer:
             if stop is not None and stop.is_set():
                 raise ServerError("start-up interrupted")
             self._check_alive()
-            if http_status(f"{base}/v2/health/live") == 200 and all(
-                http_status(f"{base}/v2/models/{name}/ready") == 200 for name in self.system_models
+            if (
+                http_status(f"{base}/v2/health/live") == 200
+                and all(http_status(f"{base}/v2/models/{name}/ready") == 200 for name in self.system_models)
+                # Triton opens the metrics port after HTTP; callers read the executor's gauges there.
+                and http_status(f"http://{self.address.host}:{self.address.metrics_port}/metrics") == 200
             ):
                 # --load-model finishes every model before the endpoints come up, so the
                 # other models that are not ready now failed to load.
+                self._served = True
                 return self._not_ready(self._ready_models())
             time.sleep(POLL_INTERVAL_S)
         raise ServerError(f"tritonserver did not become ready within {timeout_s:.0f} s{self._log_hint()}")
@@ -343,7 +420,8 @@ class TritonServer:
             return None
         if self.process.poll() is None:
             deadline = time.monotonic() + timeout_s
-            self.drain(timeout_s)
+            if self._served:
+                self.drain(timeout_s)
             self.process.send_signal(signal.SIGTERM)
             wait_s = max(deadline - time.monotonic(), SIGTERM_GRACE_S)
             try:
@@ -353,6 +431,8 @@ class TritonServer:
                 self.process.kill()
                 self.process.wait()
         code = self.process.returncode
+        reap_process_group(self.process.pid)
+        self._served = False
         self.process = None
         self._close_log()
         return code
@@ -389,7 +469,7 @@ class TritonServer:
             # UNLOADING until the last request it holds is answered, then UNAVAILABLE.
             if all(states.get(name) not in ("READY", "UNLOADING") for name in drained):
                 return drained
-            time.sleep(POLL_INTERVAL_S / 4)
+            time.sleep(POLL_INTERVAL_S)
         if drained:
             log.warning("%s still held requests after %.0f s", ", ".join(drained), timeout_s)
         return drained

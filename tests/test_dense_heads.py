@@ -101,6 +101,7 @@ def synthetic(triton):
     names = [f"dense-{i:03d}" for i in range(LINEAR_HEADS)] + [f"mlp-{i}" for i in range(MLP_HEADS)]
     for index, name in enumerate(names):
         heads.write(name, *(linear_head(index) if name.startswith("dense") else mlp_head(index)))
+    heads.log_offset = triton.log_file.stat().st_size
     started = time.perf_counter()
     for name in names:
         heads.load(name)
@@ -146,6 +147,9 @@ def test_200_heads_register_without_processes(triton, synthetic):
         ready = {h.name for h in client.list_heads() if h.state == "READY"}
     assert set(synthetic.heads) <= ready and set(DEMO_HEADS) <= ready
     assert synthetic.load_seconds / len(synthetic.heads) < 1.0
+    # Loading the ensembles never reloaded their step (nothing was written into its folder).
+    log = triton.log_file.read_bytes()[synthetic.log_offset :].decode(errors="replace")
+    assert "loading: executor" not in log, "loading heads reloaded the executor"
 
 
 def test_direct_head_calls_equal_each_onnx_file_run_alone(triton, synthetic):
