@@ -126,6 +126,22 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_onboard(args: argparse.Namespace) -> int:
+    if args.onnx is not None:
+        if args.data_file is not None:
+            raise ValueError("onboard NAME --onnx head.onnx --labels labels.txt takes no training file")
+        if args.labels is None:
+            raise ValueError("--onnx needs --labels: the head's labels, one per line in output order")
+        with _client(args) as client, _status(f"onboarding {args.name} from {args.onnx}"):
+            result = client.onboard_model(args.name, args.onnx, args.labels, args.encoder_fingerprint)
+        print(
+            f"onboarded {result.name} v{result.version} from {args.onnx} "
+            f"({result.seconds_total:.2f} s, first answer {result.seconds_to_first_answer:.2f} s after loading)"
+        )
+        return 0
+    if args.data_file is None:
+        raise ValueError("onboard needs a training file (NAME data.jsonl) or a head (NAME --onnx FILE --labels FILE)")
+    if args.labels is not None or args.encoder_fingerprint is not None:
+        raise ValueError("--labels and --encoder-fingerprint go with --onnx; a training file brings its own")
     with _client(args) as client, _status(f"onboarding {args.name} from {args.data_file}"):
         result = client.onboard(args.name, args.data_file)
     m = result.metrics
@@ -241,9 +257,24 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("heads", help="build the demo tenants' heads that are missing or stale")
     p.set_defaults(func=cmd_heads)
 
-    p = with_admin_key(sub.add_parser("onboard", help="train a head from a labelled file and load it into the server"))
+    p = with_admin_key(
+        sub.add_parser(
+            "onboard",
+            help="train a head from a labelled file (or take a ready-made ONNX head), check it, load it",
+            description="onboard NAME data.jsonl   |   onboard NAME --onnx head.onnx --labels labels.txt",
+        )
+    )
     p.add_argument("name", help="head name: 1-48 of a-z 0-9 _ -, starting with a letter or digit")
-    p.add_argument("data_file", help='JSONL lines {"text": ..., "label": ...} or CSV with text,label columns')
+    p.add_argument(
+        "data_file", nargs="?", help='JSONL lines {"text": ..., "label": ...} or CSV with text,label columns'
+    )
+    p.add_argument("--onnx", help="a ready-made head: ONNX sentence_embedding FP32 [B, 384] -> probabilities [B, C]")
+    p.add_argument("--labels", help="with --onnx: the head's labels, one per line in output order")
+    p.add_argument(
+        "--encoder-fingerprint",
+        help="with --onnx: sha256:... of the encoder the head was trained for (default: the ONNX metadata "
+        "'encoder_fingerprint'); must be the served encoder's",
+    )
     p.set_defaults(func=cmd_onboard)
 
     p = with_admin_key(sub.add_parser("offboard", help="unload a head and archive its files"))

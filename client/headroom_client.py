@@ -4,21 +4,26 @@
     client.classify(["turn on the lights"], head="smart_home")[0].label
     client.embed(["some text"])                           # FP32 [1, 384]
     client.list_heads()
-    client.onboard("acme", "acme.jsonl")                  # train, write atomically, load
+    client.onboard("acme", "acme.jsonl")                  # train, check, write atomically, load, verify
+    client.onboard_model("acme", "head.onnx", "labels.txt")  # a ready-made ONNX head: check, write, load, verify
     client.offboard("acme")                               # unload, archive its files
 
-``onboard``/``offboard`` write into the model repository, so they run on the server's host
-(or wherever the repository is mounted); everything else works from anywhere.
+``onboard``/``onboard_model``/``offboard`` write into the model repository, so they run on the
+server's host (or wherever the repository is mounted); everything else works from anywhere.
+Onboarding refuses a bad name, training file or head before it writes anything (``HeadRefused``,
+``DatasetError``, ``InvalidHeadName``), and holds the head name's lock (``head_store.head_lock``)
+while it writes, loads and verifies, so onboardings of one name from several processes run one
+after the other.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import threading
 import time
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -39,6 +44,10 @@ class HeadroomError(RuntimeError):
     def __init__(self, message: str, status: str | None = None) -> None:
         super().__init__(message)
         self.status = status
+
+
+class HeadRefused(HeadroomError):
+    """A head onboarding refused before writing anything (bad file, labels or encoder)."""
 
 
 @dataclass(frozen=True)
@@ -66,6 +75,8 @@ class OnboardResult:
     metrics: dict
     seconds_total: float
     seconds_training: float
+    #: From ``load_model`` to the verified first answer through ``pipeline`` (load + first use).
+    seconds_to_first_answer: float = 0.0
 
 
 def parse_url(url: str) -> tuple[str, str]:
@@ -333,54 +344,171 @@ class HeadroomClient:
             raise self._control_error(f"load of {model_name}", exc) from exc
 
     def onboard(self, name: str, data_file: str | Path) -> OnboardResult:
-        """Train head ``name`` on ``data_file`` with the served encoder, store it, load it.
+        """Train head ``name`` on ``data_file`` with the served encoder, store it, load it, verify it.
 
-        A new version of an existing head is loaded while the previous one keeps serving; the
-        previous version's files are archived once the new one is READY. If Triton cannot load
-        what was written, the written head (or version) is archived and the error raised.
+        The name and the training file are checked before anything else, the trained head like
+        any ready-made one (``onboard_model``) before it is written. A new version of an existing
+        head is loaded while the previous one keeps serving; the previous version's files are
+        archived once the new one has answered. What fails to load or to answer is taken back out.
         """
-        from export import head_store
+        from export.datasets import load_labelled_file
         from export.encoder import read_encoder_info
-        from export.tenants import build_head
+        from export.head_store import exported_head, head_info
+        from export.tenants import train_from_file
 
         started = time.perf_counter()
-        model_name = head_model_name(name)
+        head_model_name(name)  # InvalidHeadName before anything else
+        data = load_labelled_file(data_file)  # DatasetError before any embedding
         fingerprint = read_encoder_info(self.repository)["fingerprint"]
-        # Embedding and fitting happen outside the lock; writing is atomic on its own.
-        stored = build_head(name, Path(data_file), self.embed, fingerprint, self.repository, self.state_dir)
-        with self._control_lock:
+        # Embedding (through the server) and fitting happen outside every lock.
+        head = train_from_file(data, Path(data_file), self.embed)
+        checked = self._check(name, exported_head(head, fingerprint), head.labels, fingerprint, fingerprint)
+        info = head_info(fingerprint, head.metrics, str(data_file))
+        version, first_answer = self._install(name, checked, info, probe_text=data.texts[0])
+        # training_seconds (embedding through the server + fitting) is measured by train_head.
+        return OnboardResult(
+            name,
+            version,
+            head.metrics,
+            time.perf_counter() - started,
+            float(head.metrics["training_seconds"]),
+            first_answer,
+        )
+
+    def onboard_model(
+        self,
+        name: str,
+        onnx_file: str | Path | bytes,
+        labels: str | Path | Sequence[str],
+        encoder_fingerprint: str | None = None,
+    ) -> OnboardResult:
+        """Onboard a ready-made ONNX head (``sentence_embedding`` FP32 [B, 384] -> probabilities [B, C]).
+
+        ``labels``: a file (one per line, in output order) or a list. The head must have been
+        trained on the served encoder's embeddings: ``encoder_fingerprint``, else the ONNX metadata
+        ``encoder_fingerprint``, must be the served encoder's. Every check of
+        ``export/validation.py`` runs before anything is written (``HeadRefused``); then as
+        ``onboard``: write atomically, load, verify one answer through ``pipeline``.
+        """
+        from export.encoder import read_encoder_info
+        from export.head_store import head_info
+        from export.validation import HeadValidationError, read_labels_file
+
+        started = time.perf_counter()
+        head_model_name(name)  # InvalidHeadName before anything else
+        if isinstance(onnx_file, bytes):
+            model_bytes, source = onnx_file, "onnx bytes"
+        else:
+            try:
+                model_bytes, source = Path(onnx_file).read_bytes(), str(onnx_file)
+            except OSError as exc:
+                raise HeadRefused(f"head {name!r} refused: cannot read {onnx_file}: {exc.strerror}") from exc
+        if isinstance(labels, (str, Path)):
+            try:
+                labels = read_labels_file(labels)
+            except HeadValidationError as exc:
+                raise HeadRefused(f"head {name!r} refused: {exc}") from exc
+        served = read_encoder_info(self.repository)["fingerprint"]
+        checked = self._check(name, model_bytes, labels, served, encoder_fingerprint)
+        info = head_info(checked.encoder_fingerprint, checked.metrics, source)
+        version, first_answer = self._install(name, checked, info, probe_text=config.ONBOARD_PROBE_TEXT)
+        return OnboardResult(name, version, checked.metrics, time.perf_counter() - started, 0.0, first_answer)
+
+    def _check(self, name: str, model_bytes: bytes, labels, served: str, encoder_fingerprint: str | None):
+        """``export.validation.check_head`` against this repository's executor; ``HeadRefused`` if it fails."""
+        from export.validation import HeadValidationError, check_head
+
+        try:
+            return check_head(model_bytes, labels, self.repository, served, encoder_fingerprint)
+        except HeadValidationError as exc:
+            raise HeadRefused(f"head {name!r} refused: {exc}") from exc
+
+    @contextmanager
+    def _head_lock(self, name: str):
+        """Head ``name``'s cross-process lock, then this client's control lock (always in that order)."""
+        from export import head_store
+
+        with ExitStack() as stack:
+            try:
+                stack.enter_context(head_store.head_lock(name, self.state_dir))
+            except head_store.HeadBusy as exc:
+                raise HeadroomError(str(exc)) from exc
+            stack.enter_context(self._control_lock)
+            yield
+
+    def _install(self, name: str, checked, info: dict, probe_text: str) -> tuple[int, float]:
+        """Write a checked head (new, or the next version), load it, verify its first answer.
+
+        Returns (version, seconds from ``load_model`` to the verified answer). Whatever fails after
+        the write is withdrawn (``_withdraw``) before the error is raised; older versions are
+        archived only once the new one has answered.
+        """
+        from export import head_store
+
+        model_name = head_model_name(name)
+        with self._head_lock(name):
+            stored = head_store.write_head_model(
+                name, checked.model_bytes, checked.labels, info, self.repository, self.state_dir
+            )
+            loading = time.perf_counter()
             try:
                 self._load(model_name)
-            except HeadroomError:
-                self._withdraw(stored)
-                raise
+                self._verify(stored, checked.labels, probe_text)
+            except Exception as exc:  # a failed load, a wrong or missing answer, a dead server
+                raise self._withdraw(stored, exc) from exc
+            first_answer = time.perf_counter() - loading
             head_store.archive_old_versions(
                 name, keep=stored.version, repository=self.repository, state_dir=self.state_dir
             )
-        info = json.loads((stored.path / str(stored.version) / head_store.HEAD_INFO_FILE).read_text())
-        metrics = info["metrics"]
-        # training_seconds (embedding through the server + fitting) is measured by train_head.
-        return OnboardResult(
-            name, stored.version, metrics, time.perf_counter() - started, float(metrics["training_seconds"])
-        )
+        return stored.version, first_answer
 
-    def _withdraw(self, stored) -> None:
-        """Take a head version that failed to load back out of the repository."""
+    def _verify(self, stored, labels: list[str], text: str) -> None:
+        """The head just loaded must answer ``text`` through ``pipeline`` with its own labels."""
+        (answer,) = self.classify([text], stored.name, return_errors=True)
+        if isinstance(answer, HeadroomError):
+            raise HeadroomError(
+                f"{stored.model_name} version {stored.version} loaded but did not answer: {answer}", answer.status
+            )
+        if list(answer.probabilities) != labels:
+            raise HeadroomError(
+                f"{stored.model_name} version {stored.version} loaded but answered with labels "
+                f"{list(answer.probabilities)}, not its own {labels}"
+            )
+
+    def _withdraw(self, stored, cause: Exception) -> HeadroomError:
+        """Take a head version that failed to load or answer back out; the error to raise.
+
+        A new head is unloaded and archived; a new version's folder is archived and the head
+        loaded again, so the previous version serves again. Steps that fail because the server is
+        gone are skipped: the repository must not keep what was not reported as onboarded.
+        """
         from export import head_store
 
+        notes = []
         if stored.version == 1:
-            head_store.archive_head(stored.name, self.repository, self.state_dir)
+            try:
+                self._client.unload_model(stored.model_name, headers=self._control_headers)
+            except Exception as exc:  # tritonclient raises InferenceServerException; the server may be gone
+                notes.append(f"unloading it failed too: {message_of(exc)}")
+            head_store.archive_head(stored.name, self.repository, self.state_dir, suffix=".failed")
         else:
-            target = head_store.archive_path(stored.model_name, self.state_dir, suffix=f".v{stored.version}.failed")
-            target.parent.mkdir(parents=True, exist_ok=True)
-            (stored.path / str(stored.version)).rename(target)
+            head_store.archive_version(stored.name, stored.version, self.repository, self.state_dir, suffix=".failed")
+            try:
+                self._load(stored.model_name)
+            except HeadroomError as exc:
+                notes.append(f"loading version {stored.version - 1} again failed too: {exc}")
+        message = str(cause) if isinstance(cause, HeadroomError) else f"{type(cause).__name__}: {cause}"
+        message += f"; version {stored.version} was withdrawn"
+        if notes:
+            message += "; " + "; ".join(notes)
+        return HeadroomError(message, getattr(cause, "status", None))
 
     def offboard(self, name: str) -> Path | None:
         """Unload head ``name`` and archive its files; returns the archive folder."""
         from export import head_store
 
         model_name = head_model_name(name)
-        with self._control_lock:
+        with self._head_lock(name):
             try:
                 self._client.unload_model(model_name, headers=self._control_headers)
             except Exception as exc:

@@ -1,8 +1,11 @@
 """Labelled training files: JSONL (``{"text": ..., "label": ...}`` per line) or CSV (``text``, ``label``).
 
 ``load_labelled_file`` refuses, with a message naming the line, anything a head cannot be
-trained from: unknown format, missing columns, empty text or label, fewer than two classes,
-or a class with fewer than two examples (the stratified hold-out needs two).
+trained from: unknown format; a blank or whitespace-only line (a JSONL file may end with a
+newline; blank lines elsewhere usually mean a file was cut or concatenated wrongly); fields or
+columns other than ``text`` and ``label`` (listed, so a misspelt ``lable`` is not ignored); a
+missing or empty text or label; a label with a line break or control character; fewer than two
+classes; a class with fewer than two examples (the stratified hold-out needs two).
 """
 
 from __future__ import annotations
@@ -12,6 +15,9 @@ import json
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
+
+#: The only fields (JSONL keys, CSV columns) a training file may have.
+FIELDS = ("text", "label")
 
 
 class DatasetError(ValueError):
@@ -40,32 +46,58 @@ def _check_row(source: str, text: object, label: object) -> tuple[str, str]:
     return text.strip(), label
 
 
+def _unknown(names: object) -> list[str]:
+    return sorted(str(name) for name in names if name not in FIELDS)
+
+
 def _read_jsonl(path: Path) -> list[tuple[str, str]]:
     rows = []
-    with path.open(encoding="utf-8") as handle:
+    with path.open(encoding="utf-8", newline="\n") as handle:
         for number, line in enumerate(handle, start=1):
             if not line.strip():
-                continue
+                raise DatasetError(
+                    f"{path}:{number}: line {number} is blank; every line must hold one example "
+                    "(the file may only end with a newline)"
+                )
             try:
                 record = json.loads(line)
             except json.JSONDecodeError as exc:
                 raise DatasetError(f"{path}:{number}: not valid JSON ({exc.msg})") from exc
             if not isinstance(record, dict):
                 raise DatasetError(f"{path}:{number}: expected an object with 'text' and 'label'")
+            unknown = _unknown(record)
+            if unknown:
+                raise DatasetError(f"{path}:{number}: unknown field(s) {unknown}; a line holds only 'text' and 'label'")
             rows.append(_check_row(f"{path}:{number}", record.get("text"), record.get("label")))
     return rows
 
 
 def _read_csv(path: Path) -> list[tuple[str, str]]:
-    with path.open(encoding="utf-8", newline="") as handle:
-        reader = csv.DictReader(handle)
-        missing = {"text", "label"} - set(reader.fieldnames or [])
+    # utf-8-sig: spreadsheets often start a CSV with a byte-order mark.
+    with path.open(encoding="utf-8-sig", newline="") as handle:
+        reader = csv.reader(handle)
+        header = next(reader, None)
+        if not header:
+            raise DatasetError(f"{path}: no CSV header; the first line must be text,label")
+        missing = sorted(set(FIELDS) - set(header))
         if missing:
-            raise DatasetError(f"{path}: CSV header must name 'text' and 'label' columns (missing {sorted(missing)})")
-        return [
-            _check_row(f"{path}:{number}", row.get("text"), row.get("label"))
-            for number, row in enumerate(reader, start=2)
-        ]
+            raise DatasetError(f"{path}: CSV header must name 'text' and 'label' columns (missing {missing})")
+        unknown = _unknown(header)
+        if unknown:
+            raise DatasetError(f"{path}: unknown column(s) {unknown}; the CSV header must be exactly text,label")
+        duplicated = sorted({name for name in header if header.count(name) > 1})
+        if duplicated:
+            raise DatasetError(f"{path}: column(s) {duplicated} appear more than once in the CSV header")
+        rows = []
+        for row in reader:
+            number = reader.line_num
+            if not row or not "".join(row).strip():
+                raise DatasetError(f"{path}:{number}: line {number} is blank; every line must hold one example")
+            if len(row) != len(header):
+                raise DatasetError(f"{path}:{number}: {len(row)} fields, but the header names {len(header)}")
+            record = dict(zip(header, row, strict=True))
+            rows.append(_check_row(f"{path}:{number}", record["text"], record["label"]))
+        return rows
 
 
 def load_labelled_file(path: str | Path) -> LabelledTexts:
@@ -83,7 +115,7 @@ def load_labelled_file(path: str | Path) -> LabelledTexts:
         raise DatasetError(f"{path}: no labelled examples")
     counts = Counter(label for _, label in rows)
     if len(counts) < 2:
-        raise DatasetError(f"{path}: a head needs at least two classes, found {sorted(counts)}")
+        raise DatasetError(f"{path}: a head needs at least two classes, found only {sorted(counts)}")
     scarce = sorted(label for label, count in counts.items() if count < 2)
     if scarce:
         raise DatasetError(f"{path}: every class needs at least two examples; too few for {scarce}")

@@ -11,21 +11,28 @@ Every write is staged under ``<state dir>/staging`` and renamed into place (a si
 ``rename``), so a crash never leaves a half-written head: a new head appears as a whole
 folder, a new version as a whole version folder. Labels live in the version folder, so a new
 version can change its classes while the previous one keeps serving.
+
+``head_lock`` serialises onboardings and offboardings of one head name across processes: an
+exclusive ``flock`` on ``<state dir>/locks/<name>.lock`` (on the repository's filesystem, like
+everything under the state dir), released when its holder finishes or dies.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import shutil
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 from export.heads import HEAD_INPUT, HEAD_OUTPUT, TrainedHead, head_to_onnx
 from headroom import config
-from headroom.naming import head_model_name, head_models_in
+from headroom.naming import head_model_name, head_models_in, validate_head_name
 
 HEAD_INFO_FILE = "head.json"
 LABELS_FILE = "labels.txt"
@@ -158,6 +165,24 @@ def _write_version(folder: Path, model_bytes: bytes, labels: list[str], info: di
     _fsync_dir(folder)
 
 
+def exported_head(head: TrainedHead, fingerprint: str) -> bytes:
+    """A trained head's ONNX file, with its labels, encoder fingerprint and metrics as metadata."""
+    model = head_to_onnx(
+        head,
+        metadata={
+            "labels": json.dumps(head.labels),
+            "encoder_fingerprint": fingerprint,
+            "metrics": json.dumps(head.metrics),
+        },
+    )
+    return model.SerializeToString()
+
+
+def head_info(fingerprint: str, metrics: dict, source: str) -> dict:
+    """The ``head.json`` fields a head brings (``write_head_model`` adds name, version, labels, time)."""
+    return {"encoder_fingerprint": fingerprint, "metrics": metrics, "trained_from": source}
+
+
 def write_head(
     name: str,
     head: TrainedHead,
@@ -167,16 +192,8 @@ def write_head(
     state_dir: Path = config.STATE_DIR,
 ) -> StoredHead:
     """Write a trained head as a new head, or the next version of an existing one, atomically."""
-    model = head_to_onnx(
-        head,
-        metadata={
-            "labels": json.dumps(head.labels),
-            "encoder_fingerprint": fingerprint,
-            "metrics": json.dumps(head.metrics),
-        },
-    )
-    info = {"encoder_fingerprint": fingerprint, "metrics": head.metrics, "trained_from": source}
-    return write_head_model(name, model.SerializeToString(), head.labels, info, repository, state_dir)
+    info = head_info(fingerprint, head.metrics, source)
+    return write_head_model(name, exported_head(head, fingerprint), head.labels, info, repository, state_dir)
 
 
 def write_head_model(
@@ -248,16 +265,73 @@ def archive_old_versions(
 
 
 def archive_head(
-    name: str, repository: Path = config.MODEL_REPOSITORY, state_dir: Path = config.STATE_DIR
+    name: str, repository: Path = config.MODEL_REPOSITORY, state_dir: Path = config.STATE_DIR, suffix: str = ""
 ) -> Path | None:
     """Move a head's whole folder into the archive; None when it was not there."""
     model_dir = head_dir(name, repository)
     if not model_dir.exists():
         return None
-    target = archive_path(head_model_name(name), state_dir)
+    target = archive_path(head_model_name(name), state_dir, suffix=suffix)
     target.parent.mkdir(parents=True, exist_ok=True)
     os.rename(model_dir, target)
     return target
+
+
+def archive_version(
+    name: str,
+    version: int,
+    repository: Path = config.MODEL_REPOSITORY,
+    state_dir: Path = config.STATE_DIR,
+    suffix: str = "",
+) -> Path | None:
+    """Move one version folder of a head into the archive; None when it was not there."""
+    folder = head_dir(name, repository) / str(version)
+    if not folder.is_dir():
+        return None
+    target = archive_path(head_model_name(name), state_dir, suffix=f".v{version}{suffix}")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    os.rename(folder, target)
+    return target
+
+
+# --- one onboarding or offboarding of a name at a time -------------------------------------------
+class HeadBusy(RuntimeError):
+    """Another process kept a head's lock longer than the timeout."""
+
+
+def lock_path(name: str, state_dir: Path = config.STATE_DIR) -> Path:
+    return state_dir / "locks" / f"{validate_head_name(name)}.lock"
+
+
+@contextmanager
+def head_lock(
+    name: str, state_dir: Path = config.STATE_DIR, timeout_s: float = config.HEAD_LOCK_TIMEOUT_S
+) -> Iterator[Path]:
+    """Hold head ``name``'s exclusive lock (any process on this host); ``HeadBusy`` after ``timeout_s``.
+
+    ``flock`` locks belong to an open file, so two holders in one process exclude each other as
+    well, and the kernel releases a lock whose holder died. Lock files are never deleted: deleting
+    one would let a newcomer lock a fresh file while a waiter still locks the old one.
+    """
+    path = lock_path(name, state_dir)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    raise HeadBusy(
+                        f"head {name!r} is being onboarded or offboarded elsewhere: {path} stayed locked "
+                        f"for {timeout_s:g} s (HEADROOM_HEAD_LOCK_TIMEOUT_S)"
+                    ) from None
+                time.sleep(0.02)
+        yield path
+    finally:
+        os.close(fd)  # releases the lock
 
 
 #: Staging folders younger than this may belong to an onboarding still running elsewhere.

@@ -1,7 +1,8 @@
 """Build a tenant's head from a labelled file: load, embed, train, store.
 
 Used both offline (``make heads`` builds the demo tenants with the in-process embedder) and
-by onboarding (``client.HeadroomClient.onboard`` embeds through the server's ``embed`` model).
+by onboarding (``client.HeadroomClient.onboard`` trains with ``train_from_file``, embedding
+through the server's ``embed`` model, and writes through its own checks and lock).
 """
 
 from __future__ import annotations
@@ -11,10 +12,10 @@ import logging
 from functools import partial
 from pathlib import Path
 
-from export.datasets import load_labelled_file
+from export.datasets import LabelledTexts, load_labelled_file
 from export.demo import write_demo_data
 from export.head_store import StoredHead, read_head_info, write_head
-from export.heads import Embedder, train_head
+from export.heads import Embedder, TrainedHead, train_head
 from headroom import config
 from headroom.naming import validate_head_name
 
@@ -23,6 +24,13 @@ log = logging.getLogger(__name__)
 
 def file_digest(path: Path) -> str:
     return "sha256:" + hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def train_from_file(data: LabelledTexts, data_file: Path, embed: Embedder) -> TrainedHead:
+    """Train a head on ``data`` (read from ``data_file``), recording the file's digest in its metrics."""
+    head = train_head(data, embed)
+    head.metrics["data_sha256"] = file_digest(data_file)
+    return head
 
 
 def build_head(
@@ -35,9 +43,7 @@ def build_head(
 ) -> StoredHead:
     """Train head ``name`` from ``data_file`` and write it (or its next version) atomically."""
     validate_head_name(name)
-    data = load_labelled_file(data_file)
-    head = train_head(data, embed)
-    head.metrics["data_sha256"] = file_digest(data_file)
+    head = train_from_file(load_labelled_file(data_file), Path(data_file), embed)
     return write_head(name, head, fingerprint, source=str(data_file), repository=repository, state_dir=state_dir)
 
 

@@ -122,6 +122,18 @@ CLIENT_CONCURRENCY = _env_int("HEADROOM_CLIENT_CONCURRENCY", 16)
 EMBED_BATCH_SIZE = _env_int("HEADROOM_EMBED_BATCH_SIZE", 32)
 #: How long ``offboard`` waits for Triton to report an unloaded head no longer READY.
 LOAD_TIMEOUT_S = _env_int("HEADROOM_LOAD_TIMEOUT_S", 120)
+#: How long onboarding/offboarding waits for another one of the same head name (on this host,
+#: any process) to finish: they hold ``<state dir>/locks/<name>.lock`` while they write and load.
+HEAD_LOCK_TIMEOUT_S = _env_int("HEADROOM_HEAD_LOCK_TIMEOUT_S", 300)
+#: Text sent through ``pipeline`` to a head just loaded by ``onboard_model`` (``onboard`` sends
+#: the first training text): the head must answer it with its own labels before onboarding succeeds.
+ONBOARD_PROBE_TEXT = "headroom onboarding probe"
+
+# --- head validation (onboarding refuses a head that fails these; export/validation.py) -------
+#: Rows of the random unit-length embeddings a head is run on before it is written.
+HEAD_PROBE_ROWS = 2
+#: How far a row of a head's output may sum from 1 (a head outputs probabilities, not logits).
+HEAD_PROBABILITY_TOLERANCE = 1e-3
 
 # --- head training ---------------------------------------------------------------------------
 HOLDOUT_FRACTION = 0.2

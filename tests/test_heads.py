@@ -85,7 +85,7 @@ def test_onnx_head_carries_its_metadata():
 def test_loads_jsonl_and_csv(tmp_path):
     jsonl = tmp_path / "a.jsonl"
     jsonl.write_text(
-        '{"text": "hi", "label": "x"}\n\n{"text": "yo", "label": "x"}\n'
+        '{"text": "hi", "label": "x"}\n{"text": "yo", "label": "x"}\n'
         '{"text": "a", "label": "y"}\n{"text": "b", "label": "y"}\n'
     )
     csv = tmp_path / "a.csv"
@@ -108,7 +108,13 @@ def test_loads_jsonl_and_csv(tmp_path):
         ("bad.jsonl", "not json\n", "not valid JSON"),
         ("cols.csv", "sentence,intent\na,x\n", "must name 'text' and 'label'"),
         ("data.txt", "a\n", "unknown format"),
-        ("blank.jsonl", "\n\n", "no labelled examples"),
+        ("blank.jsonl", "\n\n", "line 1 is blank"),
+        ("nothing.jsonl", "", "no labelled examples"),
+        ("middle.jsonl", '{"text": "a", "label": "x"}\n\n{"text": "b", "label": "y"}\n', "line 2 is blank"),
+        ("key.jsonl", '{"text": "a", "label": "x", "lang": "en"}\n', r"unknown field\(s\) \['lang'\]"),
+        ("column.csv", "text,label,id\na,x,1\n", r"unknown column\(s\) \['id'\]"),
+        ("twice.csv", "text,label,text\na,x,b\n", "more than once"),
+        ("blank.csv", "text,label\na,x\n\nb,y\n", "line 3 is blank"),
         ("newline.jsonl", '{"text": "a", "label": "x\\ny"}\n{"text": "b", "label": "x\\ny"}\n', "line break"),
     ],
 )
@@ -164,6 +170,30 @@ def test_failed_write_leaves_no_partial_head(tmp_path, monkeypatch):
         head_store.write_head("acme", head, "sha256:enc", repository=repository, state_dir=state)
     assert os.listdir(repository) == []
     assert os.listdir(state / "staging") == []
+
+
+def test_head_lock_excludes_a_second_holder_until_released(tmp_path):
+    with head_store.head_lock("acme", tmp_path) as path:
+        assert path == tmp_path / "locks" / "acme.lock"
+        with pytest.raises(head_store.HeadBusy, match="head 'acme' is being onboarded or offboarded elsewhere"):
+            with head_store.head_lock("acme", tmp_path, timeout_s=0.2):
+                pass
+        with head_store.head_lock("other", tmp_path, timeout_s=0.2):  # other names are independent
+            pass
+    with head_store.head_lock("acme", tmp_path, timeout_s=0.2):  # released
+        pass
+
+
+def test_training_files_may_end_with_a_newline_and_csv_with_a_bom(tmp_path):
+    jsonl = tmp_path / "a.jsonl"
+    jsonl.write_text(
+        '{"text": "a", "label": "x"}\n{"text": "b", "label": "x"}\n{"text": "c", "label": "y"}\n'
+        '{"text": "d", "label": "y"}'
+    )
+    assert load_labelled_file(jsonl).texts == ["a", "b", "c", "d"]
+    csv = tmp_path / "a.csv"
+    csv.write_text('\ufefftext,label\na,x\nb,x\n"multi\nline",y\nd,y\n', encoding="utf-8")
+    assert load_labelled_file(csv).texts[2] == "multi\nline"
 
 
 def test_clean_staging_removes_only_abandoned_leftovers(tmp_path):
