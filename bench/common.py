@@ -16,6 +16,7 @@ import shutil
 import statistics
 import sys
 import time
+import urllib.request
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from importlib import metadata
@@ -91,14 +92,14 @@ def pyplot():
 
 
 # --- servers ---------------------------------------------------------------------------------
-def system_repository(destination: Path, variant: str) -> Path:
-    """A model repository with the system models and the ``variant`` encoder, no heads."""
+def system_repository(destination: Path, variant: str, models: tuple[str, ...] = config.SYSTEM_MODELS) -> Path:
+    """A model repository with the system ``models`` and the ``variant`` encoder, no heads."""
     from export.encoder import export_all, install_encoder
 
     if destination.exists():
         shutil.rmtree(destination)
     destination.mkdir(parents=True)
-    for name in config.SYSTEM_MODELS:
+    for name in models:
         shutil.copytree(
             config.MODEL_REPOSITORY / name,
             destination / name,
@@ -134,15 +135,52 @@ def demo_head_dirs(repository: Path, state_dir: Path) -> list[Path]:
     return [repository / f"{config.HEAD_MODEL_PREFIX}{name}" for name in names]
 
 
-def clone_head(source: Path, repository: Path, name: str) -> Path:
-    """Copy a head folder under a new name (same weights: for memory and throughput runs)."""
+def clone_head(source: Path, repository: Path, name: str, config_text: Callable[[str], str] | None = None) -> Path:
+    """Copy a head's version folders under a new name (same weights: for memory and throughput runs).
+
+    ``config_text(name)`` writes its ``config.pbtxt``: the registration model of
+    ``export.head_store`` by default (the issue-2 baseline passes its per-head model config).
+    """
+    from export.head_store import registration_config
+
     model = f"{config.HEAD_MODEL_PREFIX}{name}"
     target = repository / model
-    shutil.copytree(source, target)
-    config_file = target / "config.pbtxt"
-    text = config_file.read_text()
-    config_file.write_text(text.replace(f'name: "{source.name}"', f'name: "{model}"', 1))
+    shutil.copytree(source, target, ignore=shutil.ignore_patterns("__pycache__", "config.pbtxt"))
+    (target / "config.pbtxt").write_text((config_text or registration_config)(name), encoding="utf-8")
     return target
+
+
+def repository_index(http_url: str, headers: dict[str, str] | None = None, timeout_s: float = 120.0) -> list[dict]:
+    """Triton's model repository index (every model it knows, with its state), over HTTP."""
+    request = urllib.request.Request(
+        f"{http_url}/v2/repository/index", data=b"{}", method="POST", headers={**(headers or {})}
+    )
+    with urllib.request.urlopen(request, timeout=timeout_s) as response:
+        return json.loads(response.read())
+
+
+def ready_heads(index: list[dict]) -> list[str]:
+    """Head models READY in a repository index."""
+    return [
+        entry["name"]
+        for entry in index
+        if entry.get("name", "").startswith(config.HEAD_MODEL_PREFIX) and entry.get("state") == "READY"
+    ]
+
+
+def scrape_metrics(metrics_port: int, prefix: str = "headroom_", host: str = "localhost") -> dict[str, float]:
+    """Prometheus samples on Triton's metrics port whose name starts with ``prefix`` (labels dropped;
+    the sum when several samples share a name)."""
+    with urllib.request.urlopen(f"http://{host}:{metrics_port}/metrics", timeout=30) as response:
+        text = response.read().decode("utf-8")
+    samples: dict[str, float] = {}
+    for line in text.splitlines():
+        if not line.startswith(prefix):
+            continue
+        name_part, _, value = line.rpartition(" ")
+        name = name_part.split("{", 1)[0]
+        samples[name] = samples.get(name, 0.0) + float(value)
+    return samples
 
 
 # --- memory ----------------------------------------------------------------------------------
@@ -157,6 +195,44 @@ def server_pss_bytes(pid: int) -> int:
             total += process.memory_full_info().pss
         except (psutil.NoSuchProcess, psutil.AccessDenied):
             continue
+    return total
+
+
+def server_pss_by_model(pid: int) -> dict[str, int]:
+    """PSS of ``tritonserver`` (key ``tritonserver``) and of its stub processes by model name
+    (a stub's command line ends with its instance name ``<model>_<group>_<index>`` and kind)."""
+    import psutil
+
+    root = psutil.Process(pid)
+    sizes: dict[str, int] = {}
+    for process in [root, *root.children(recursive=True)]:
+        try:
+            pss = process.memory_full_info().pss
+            args = process.cmdline()
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+        if process.pid == pid:
+            name = "tritonserver"
+        elif len(args) >= 2 and args[-2].count("_") >= 2:
+            name = args[-2].rsplit("_", 2)[0]
+        else:
+            name = "other"
+        sizes[name] = sizes.get(name, 0) + pss
+    return sizes
+
+
+def server_cpu_seconds(pid: int) -> float:
+    """CPU time (user + system) used so far by ``tritonserver`` and its live stub processes."""
+    import psutil
+
+    root = psutil.Process(pid)
+    total = 0.0
+    for process in [root, *root.children(recursive=True)]:
+        try:
+            times = process.cpu_times()
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+        total += times.user + times.system
     return total
 
 
@@ -185,6 +261,9 @@ class LoadResult:
     client_cpu_share: float | None = None
     #: Open loop only: arrivals not sent because ``concurrency`` requests were already waiting.
     dropped_arrivals: int = 0
+    #: CPU seconds the server used inside the measuring window (``run_load(server_pid=...)``):
+    #: per request, a figure that other work on a shared machine disturbs far less than throughput.
+    server_cpu_s: float | None = None
 
     @property
     def throughput(self) -> float:
@@ -203,6 +282,10 @@ class LoadResult:
             value = self.percentile(q)
             data[f"p{q}_ms"] = None if value is None else round(value, 2)
         data["mean_ms"] = round(statistics.fmean(self.latencies_ms), 2) if self.latencies_ms else None
+        answered = self.ok + self.expected_failures
+        data["server_cpu_ms_per_request"] = (
+            round(1000 * self.server_cpu_s / answered, 3) if self.server_cpu_s is not None and answered else None
+        )
         return data
 
 
@@ -219,6 +302,7 @@ async def _drive(
     concurrency: int,
     rate_per_s: float | None,
     warmup_s: float,
+    server_pid: int | None = None,
 ) -> LoadResult:
     """Closed loop (``concurrency`` workers back to back) or open loop (Poisson at ``rate_per_s``)."""
     import tritonclient.grpc.aio as grpc_aio
@@ -252,6 +336,13 @@ async def _drive(
             result.ok += 1
         result.latencies_ms.append((t1 - t0) * 1000)
 
+    async def server_cpu() -> None:
+        await asyncio.sleep(max(0.0, measure_from - time.perf_counter()))
+        first = server_cpu_seconds(server_pid)
+        await asyncio.sleep(max(0.0, stop_at - time.perf_counter()))
+        result.server_cpu_s = server_cpu_seconds(server_pid) - first
+
+    cpu_probe = asyncio.create_task(server_cpu()) if server_pid is not None else None
     try:
         if rate_per_s is None:
 
@@ -277,7 +368,11 @@ async def _drive(
                 next_at += rng.expovariate(rate_per_s)
             if pending:
                 await asyncio.gather(*pending)
+        if cpu_probe is not None:
+            await cpu_probe
     finally:
+        if cpu_probe is not None and not cpu_probe.done():
+            cpu_probe.cancel()
         await client.close()
     wall = time.perf_counter() - started
     result.client_cpu_share = round((time.process_time() - cpu_started) / (wall * (os.cpu_count() or 1)), 3)
@@ -291,8 +386,10 @@ def run_load(
     concurrency: int = 32,
     rate_per_s: float | None = None,
     warmup_s: float = 1.0,
+    server_pid: int | None = None,
 ) -> LoadResult:
-    return asyncio.run(_drive(grpc_url, next_request, duration_s, concurrency, rate_per_s, warmup_s))
+    """``server_pid``: also measure the server's CPU time inside the window (``server_cpu_s``)."""
+    return asyncio.run(_drive(grpc_url, next_request, duration_s, concurrency, rate_per_s, warmup_s, server_pid))
 
 
 def pipeline_traffic(heads: list[str], texts: list[str], failure_share: float = 0.0, seed: int = 0):

@@ -3,8 +3,9 @@
 Each onboarding trains a head through the server's ``embed`` model, writes it atomically and
 loads it with ``load_model``, exactly as ``headroom onboard`` does; right after, one request
 classifies with the new head. Reported: marginal server memory per head (slope of PSS against
-heads), onboarding time with and without training, and cold load-to-first-answer latency
-(write + load + first answer) as p50/p95. The plot puts memory against tenants next to the
+heads, from a server that has already served), onboarding time with and without training, and
+cold load-to-first-answer latency (write + load + first answer) as p50/p95. Thousands of heads:
+``bench.dense_heads``. The plot puts memory against tenants next to the
 one-model-per-tenant figures of ``bench.model_per_tenant`` when that report exists.
 
     python -m bench.density [--heads 100] [--examples 120]
@@ -24,14 +25,18 @@ from bench.common import (
     RESULTS_DIR,
     free_address,
     log,
+    pipeline_traffic,
     pyplot,
+    run_load,
     save_figure,
     settle_pss,
     setup_logging,
     system_repository,
+    texts_of_token_length,
     write_report,
 )
 from client.headroom_client import HeadroomClient
+from client.traffic import UNKNOWN_HEAD
 from headroom import config
 from server.triton import TritonServer
 
@@ -54,6 +59,9 @@ def run(heads: int = 100, examples: int = 120, variant: str = config.ENCODER_VAR
         data = training_file(workdir / "tenant.jsonl", examples)
         with TritonServer(free_address(), repository, log_file=RESULTS_DIR / "density.log") as server:
             pid = server.process.pid
+            # Serve first (the shared models only): arena and allocator growth is not per head.
+            warm_up = pipeline_traffic([UNKNOWN_HEAD], texts_of_token_length(64, 2), failure_share=1.0)
+            run_load(server.address.grpc_url, warm_up, duration_s=3.0, concurrency=32, warmup_s=0.0)
             memory.append({"heads": 0, "pss_mib": round(settle_pss(pid) / MIB, 1)})
             with HeadroomClient(server.address.grpc_url, repository=repository, state_dir=workdir / "state") as client:
                 for index in range(1, heads + 1):
@@ -97,7 +105,8 @@ def run(heads: int = 100, examples: int = 120, variant: str = config.ENCODER_VAR
         "variant": variant,
         "heads": heads,
         "training_examples": examples,
-        "marginal_mib_per_head": None if slope is None else round(slope, 2),
+        "marginal_mib_per_head": None if slope is None else round(slope, 3),
+        "marginal_kib_per_head": None if slope is None else round(slope * 1024, 1),
         "onboard_total_s": stats("onboard_total_s"),
         "onboard_without_training_s": stats("write_and_load_s"),
         "training_s": stats("training_s"),
@@ -154,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
     write_report("density", report)
     plot(report)
     print(
-        f"{report['heads']} heads: {report['marginal_mib_per_head']} MiB per additional head; onboarding p50 "
+        f"{report['heads']} heads: {report['marginal_kib_per_head']} KiB per additional head; onboarding p50 "
         f"{report['onboard_total_s']['p50']} s ({report['onboard_without_training_s']['p50']} s without training); "
         f"load-to-first-answer p50 {report['load_to_first_answer_s']['p50']} s, "
         f"p95 {report['load_to_first_answer_s']['p95']} s"

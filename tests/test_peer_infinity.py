@@ -33,10 +33,11 @@ def test_peer_infinity_tiny_run(tmp_path: Path) -> None:
         sys.executable,
         "-m",
         "bench.peer_infinity",
+        # 32-text requests take ~1 s each on a busy 2-core machine: long enough to finish some.
         "--duration",
-        "2",
+        "5",
         "--warmup",
-        "0.5",
+        "1",
         "--concurrency",
         "8",
         "--batch-concurrency",
