@@ -16,7 +16,7 @@ import pytest
 from bench.run_all import END_MARKER, START_MARKER, update_readme
 from headroom import config
 
-SCRIPTS = ["encoder_ceiling", "end_to_end", "model_per_tenant", "density", "tuning", "run_all"]
+SCRIPTS = ["encoder_ceiling", "end_to_end", "model_per_tenant", "density", "dense_heads", "tuning", "run_all"]
 
 
 @pytest.mark.parametrize("script", SCRIPTS)
