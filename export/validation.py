@@ -142,10 +142,8 @@ def executor_rules(repository: Path) -> types.ModuleType:
 
 
 # --- the head file --------------------------------------------------------------------------------
-def _metadata(model_bytes: bytes) -> dict[str, str]:
-    import onnx
-
-    model = onnx.load_from_string(model_bytes)
+def _metadata(model) -> dict[str, str]:
+    """Metadata of a parsed ONNX model (``onnx.ModelProto``)."""
     return {entry.key: entry.value for entry in model.metadata_props}
 
 
@@ -240,10 +238,10 @@ def check_head(
         raise HeadValidationError("the head file is empty (0 bytes), not an ONNX model")
     rules = executor_rules(repository)
     try:
-        parameters, _ = rules.parse_head(model_bytes, tuple(labels), config.EMBEDDING_DIM)
+        parameters, model = rules.parse_head(model_bytes, tuple(labels), config.EMBEDDING_DIM)
     except rules.HeadFileError as exc:
         raise HeadValidationError(str(exc)) from exc
-    metadata = _metadata(model_bytes)  # parse_head has just parsed the same bytes
+    metadata = _metadata(model)
     fingerprint = trained_for(metadata, encoder_fingerprint)
     if fingerprint != served_fingerprint:
         raise HeadValidationError(

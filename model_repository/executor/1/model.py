@@ -26,7 +26,6 @@ from __future__ import annotations
 import json
 import os
 import threading
-import time
 
 import numpy as np
 import triton_python_backend_utils as pb_utils
@@ -138,7 +137,6 @@ class TritonPythonModel:
         for head in dict.fromkeys(heads):
             keys[head] = self._key_of(head)
         wanted = [key for key in keys.values() if not isinstance(key, RowError)]
-        started = time.perf_counter()
         with self.residency.lock:
             resident = self.residency.acquire(wanted, self._load)
             row_heads = []
@@ -159,7 +157,7 @@ class TritonPythonModel:
                 outcomes[row] = RowError("UNAVAILABLE", f"head '{heads[row]}' cannot run: {result}")
             else:
                 outcomes[row] = (result, entry)
-        self._metrics.observe(self.residency.stats(), len(heads), time.perf_counter() - started)
+        self._metrics.observe(self.residency.stats(), len(heads))
         return outcomes
 
     def _key_of(self, head):
@@ -301,7 +299,7 @@ class _Metrics:
         self._loads_seen = 0
         self._evictions_seen = 0
 
-    def observe(self, stats, rows: int, _seconds: float) -> None:
+    def observe(self, stats, rows: int) -> None:
         if not self.enabled:
             return
         self.heads.set(stats.resident_heads)

@@ -199,8 +199,9 @@ def check_head_input(model: onnx.ModelProto, dim: int) -> None:
 
 def parse_head(
     model_bytes: bytes, labels: Sequence[str], dim: int
-) -> tuple[tuple[np.ndarray, np.ndarray] | None, bytes]:
-    """Validate a head file; returns its linear parameters (None when it needs a session)."""
+) -> tuple[tuple[np.ndarray, np.ndarray] | None, onnx.ModelProto]:
+    """Validate a head file; returns its linear parameters (None when it needs a session) and
+    the parsed model (onboarding reads its metadata from it)."""
     try:
         model = onnx.load_from_string(model_bytes)
     except Exception as exc:  # protobuf's DecodeError and friends
@@ -212,7 +213,7 @@ def parse_head(
             f"the head has {parameters[0].shape[0]} classes of width {parameters[0].shape[1]} but "
             f"labels.txt names {len(labels)} labels"
         )
-    return parameters, model_bytes
+    return parameters, model
 
 
 # --- residency -------------------------------------------------------------------------------
