@@ -21,16 +21,21 @@ DIM = config.EMBEDDING_DIM
 OTHER_ENCODER = "sha256:" + "0" * 64
 
 
-def linear_head(
-    classes: int = 3, seed: int = 0, fingerprint: str | None = None, dim: int = DIM, prefix: str = "c"
-) -> tuple[bytes, list[str]]:
-    """What headroom exports (Gemm + Softmax), with ``fingerprint`` in its metadata when given."""
+def trained_linear_head(classes: int = 3, seed: int = 0, dim: int = DIM, prefix: str = "c") -> TrainedHead:
+    """Random weights in the shape training produces; labels ``<prefix>0``, ``<prefix>1``..."""
     rng = np.random.default_rng(seed)
-    head = TrainedHead(
+    return TrainedHead(
         weights=rng.normal(scale=2.0, size=(classes, dim)).astype(np.float32),
         bias=rng.normal(size=classes).astype(np.float32),
         labels=[f"{prefix}{i}" for i in range(classes)],
     )
+
+
+def linear_head(
+    classes: int = 3, seed: int = 0, fingerprint: str | None = None, dim: int = DIM, prefix: str = "c"
+) -> tuple[bytes, list[str]]:
+    """What headroom exports (Gemm + Softmax), with ``fingerprint`` in its metadata when given."""
+    head = trained_linear_head(classes, seed, dim, prefix)
     metadata = {"labels": json.dumps(head.labels)}
     if fingerprint is not None:
         metadata["encoder_fingerprint"] = fingerprint
@@ -44,10 +49,11 @@ def graph_head(
     dim: int = DIM,
     softmax: bool = True,
     fingerprint: str | None = None,
+    hidden: int = 16,
+    prefix: str = "g",
 ) -> tuple[bytes, list[str]]:
     """A head that is not one linear layer (Cast, Gemm, Relu, Gemm[, Softmax]): its own session."""
     rng = np.random.default_rng(seed)
-    hidden = 16
     nodes = [
         helper.make_node("Cast", [HEAD_INPUT], ["x"], to=TensorProto.FLOAT),
         helper.make_node("Gemm", ["x", "w1", "b1"], ["h"], transB=1),
@@ -72,7 +78,7 @@ def graph_head(
     model.ir_version = 8
     if fingerprint is not None:
         model.metadata_props.add(key="encoder_fingerprint", value=fingerprint)
-    return model.SerializeToString(), [f"g{i}" for i in range(classes)]
+    return model.SerializeToString(), [f"{prefix}{i}" for i in range(classes)]
 
 
 def write_head_files(folder: Path, name: str, model_bytes: bytes, labels: list[str]) -> tuple[Path, Path]:

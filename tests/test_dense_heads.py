@@ -18,14 +18,14 @@ import onnxruntime as ort
 import pytest
 import tritonclient.grpc as triton_grpc
 import tritonclient.http as triton_http
-from onnx import TensorProto, helper, numpy_helper
 
 from client.headroom_client import HeadroomError
 from export import head_store
 from export.encoder import read_encoder_info
-from export.heads import HEAD_INPUT, HEAD_OUTPUT, TrainedHead, head_to_onnx
+from export.heads import HEAD_INPUT, HEAD_OUTPUT
 from headroom import config
 
+from . import onnx_heads
 from .conftest import DEMO_HEADS
 
 pytestmark = pytest.mark.integration
@@ -36,39 +36,15 @@ DIM = config.EMBEDDING_DIM
 
 
 def linear_head(seed: int) -> tuple[bytes, list[str]]:
-    rng = np.random.default_rng(seed)
-    classes = int(rng.integers(2, 13))
-    head = TrainedHead(
-        weights=rng.normal(scale=2.0, size=(classes, DIM)).astype(np.float32),
-        bias=rng.normal(size=classes).astype(np.float32),
-        labels=[f"s{seed}-c{i}" for i in range(classes)],
-    )
-    return head_to_onnx(head).SerializeToString(), head.labels
+    """A stacked head of 2-12 classes; labels unique to it, so a cross-routed answer shows."""
+    classes = int(np.random.default_rng(seed).integers(2, 13))
+    return onnx_heads.linear_head(classes, seed, prefix=f"s{seed}-c")
 
 
-def mlp_head(seed: int, hidden: int = 32) -> tuple[bytes, list[str]]:
-    rng = np.random.default_rng(seed)
-    classes = int(rng.integers(2, 6))
-    graph = helper.make_graph(
-        [
-            helper.make_node("Gemm", [HEAD_INPUT, "w1", "b1"], ["h"], transB=1),
-            helper.make_node("Relu", ["h"], ["r"]),
-            helper.make_node("Gemm", ["r", "w2", "b2"], ["logits"], transB=1),
-            helper.make_node("Softmax", ["logits"], [HEAD_OUTPUT], axis=-1),
-        ],
-        "mlp",
-        [helper.make_tensor_value_info(HEAD_INPUT, TensorProto.FLOAT, ["batch", DIM])],
-        [helper.make_tensor_value_info(HEAD_OUTPUT, TensorProto.FLOAT, ["batch", classes])],
-        [
-            numpy_helper.from_array(rng.normal(size=(hidden, DIM)).astype(np.float32), "w1"),
-            numpy_helper.from_array(rng.normal(size=hidden).astype(np.float32), "b1"),
-            numpy_helper.from_array(rng.normal(size=(classes, hidden)).astype(np.float32), "w2"),
-            numpy_helper.from_array(rng.normal(size=classes).astype(np.float32), "b2"),
-        ],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    return model.SerializeToString(), [f"m{seed}-c{i}" for i in range(classes)]
+def mlp_head(seed: int) -> tuple[bytes, list[str]]:
+    """A head the executor runs as its own session, 2-5 classes, labels unique to it."""
+    classes = int(np.random.default_rng(seed).integers(2, 6))
+    return onnx_heads.graph_head(classes, seed, hidden=32, prefix=f"m{seed}-c")
 
 
 class Synthetic:

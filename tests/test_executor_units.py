@@ -15,8 +15,10 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from export.heads import HEAD_INPUT, HEAD_OUTPUT, TrainedHead, head_to_onnx
+from export.heads import HEAD_INPUT, HEAD_OUTPUT, head_to_onnx
 from headroom import config
+
+from . import onnx_heads
 
 EXECUTOR_DIR = config.MODEL_REPOSITORY / config.EXECUTOR_MODEL / "1"
 DIM = 8
@@ -35,14 +37,13 @@ def executor_modules():
         sys.path.remove(str(EXECUTOR_DIR))
 
 
-def linear_head(classes: int, seed: int, dim: int = DIM) -> tuple[bytes, list[str], TrainedHead]:
-    rng = np.random.default_rng(seed)
-    head = TrainedHead(
-        weights=rng.normal(size=(classes, dim)).astype(np.float32),
-        bias=rng.normal(size=classes).astype(np.float32),
-        labels=[f"c{seed}_{i}" for i in range(classes)],
-    )
-    return head_to_onnx(head).SerializeToString(), head.labels, head
+def linear_head(classes: int, seed: int, dim: int = DIM) -> tuple[bytes, list[str]]:
+    return onnx_heads.linear_head(classes, seed, dim=dim)
+
+
+def mlp_head(classes: int, seed: int) -> tuple[bytes, list[str]]:
+    """A non-linear head: Gemm -> Relu -> Gemm -> Softmax (runs as its own session)."""
+    return onnx_heads.graph_head(classes, seed, dim=DIM, prefix="n")
 
 
 def matmul_add_head(classes: int, seed: int) -> tuple[bytes, list[str]]:
@@ -67,31 +68,6 @@ def matmul_add_head(classes: int, seed: int) -> tuple[bytes, list[str]]:
     return model.SerializeToString(), [f"m{i}" for i in range(classes)]
 
 
-def mlp_head(classes: int, seed: int, hidden: int = 16) -> tuple[bytes, list[str]]:
-    """A non-linear head: Gemm -> Relu -> Gemm -> Softmax (runs as its own session)."""
-    rng = np.random.default_rng(seed)
-    graph = helper.make_graph(
-        [
-            helper.make_node("Gemm", [HEAD_INPUT, "w1", "b1"], ["h"], transB=1),
-            helper.make_node("Relu", ["h"], ["r"]),
-            helper.make_node("Gemm", ["r", "w2", "b2"], ["logits"], transB=1),
-            helper.make_node("Softmax", ["logits"], [HEAD_OUTPUT], axis=-1),
-        ],
-        "mlp",
-        [helper.make_tensor_value_info(HEAD_INPUT, TensorProto.FLOAT, ["batch", DIM])],
-        [helper.make_tensor_value_info(HEAD_OUTPUT, TensorProto.FLOAT, ["batch", classes])],
-        [
-            numpy_helper.from_array(rng.normal(size=(hidden, DIM)).astype(np.float32), "w1"),
-            numpy_helper.from_array(rng.normal(size=hidden).astype(np.float32), "b1"),
-            numpy_helper.from_array(rng.normal(size=(classes, hidden)).astype(np.float32), "w2"),
-            numpy_helper.from_array(rng.normal(size=classes).astype(np.float32), "b2"),
-        ],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    return model.SerializeToString(), [f"n{i}" for i in range(classes)]
-
-
 def run_alone(model_bytes: bytes, x: np.ndarray) -> np.ndarray:
     session = ort.InferenceSession(model_bytes, providers=["CPUExecutionProvider"])
     return session.run(None, {session.get_inputs()[0].name: x})[0]
@@ -105,7 +81,8 @@ def embeddings(rows: int, seed: int = 0) -> np.ndarray:
 # --- recognising and stacking linear heads ---------------------------------------------------
 def test_trained_heads_and_matmul_heads_are_recognised_as_linear(executor_modules):
     resident_heads, _, _ = executor_modules
-    model_bytes, _, head = linear_head(5, seed=1)
+    head = onnx_heads.trained_linear_head(5, seed=1, dim=DIM)
+    model_bytes = head_to_onnx(head).SerializeToString()
     weights, bias = resident_heads.linear_parameters(onnx.load_from_string(model_bytes))
     np.testing.assert_array_equal(weights, head.weights)
     np.testing.assert_array_equal(bias, head.bias)
@@ -129,7 +106,7 @@ def test_a_bank_grows_and_reuses_freed_slots(executor_modules):
 def test_mixed_batch_equals_each_head_run_alone(executor_modules):
     """Stacked (2 class counts, 2 graph forms) and session heads, rows interleaved."""
     resident_heads, _, _ = executor_modules
-    heads = [linear_head(3, 10)[:2], linear_head(3, 11)[:2], linear_head(7, 12)[:2], matmul_add_head(3, 13)]
+    heads = [linear_head(3, 10), linear_head(3, 11), linear_head(7, 12), matmul_add_head(3, 13)]
     heads += [mlp_head(4, 14), mlp_head(2, 15)]
     residency = resident_heads.HeadResidency(budget_bytes=1 << 20, dim=DIM)
     loaded = residency.acquire(list(range(len(heads))), lambda key: heads[key])
@@ -149,7 +126,7 @@ def test_mixed_batch_equals_each_head_run_alone(executor_modules):
 
 def test_a_failing_session_head_fails_only_its_rows(executor_modules):
     resident_heads, _, _ = executor_modules
-    good = linear_head(3, 20)[:2]
+    good = linear_head(3, 20)
     mlp_bytes, _ = mlp_head(4, 21)
     wrong_labels = (mlp_bytes, ["only", "two"])  # the graph gives 4 probabilities
     residency = resident_heads.HeadResidency(budget_bytes=1 << 20, dim=DIM)
@@ -170,7 +147,7 @@ def test_a_failing_session_head_fails_only_its_rows(executor_modules):
 )
 def test_bad_head_files_are_refused_per_head(executor_modules, model_bytes, labels, message):
     resident_heads, _, _ = executor_modules
-    good = linear_head(3, 32)[:2]
+    good = linear_head(3, 32)
     residency = resident_heads.HeadResidency(budget_bytes=1 << 20, dim=DIM)
     loaded = residency.acquire(["bad", "good"], lambda key: (model_bytes, labels) if key == "bad" else good)
     assert isinstance(loaded["bad"], resident_heads.HeadFileError) and message in str(loaded["bad"])
@@ -180,24 +157,15 @@ def test_bad_head_files_are_refused_per_head(executor_modules, model_bytes, labe
 
 def test_int64_input_is_refused(executor_modules):
     resident_heads, _, _ = executor_modules
-    graph = helper.make_graph(
-        [
-            helper.make_node("Cast", [HEAD_INPUT], ["f"], to=TensorProto.FLOAT),
-            helper.make_node("Softmax", ["f"], ["p"]),
-        ],
-        "g",
-        [helper.make_tensor_value_info(HEAD_INPUT, TensorProto.INT64, ["batch", DIM])],
-        [helper.make_tensor_value_info("p", TensorProto.FLOAT, ["batch", DIM])],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model_bytes, labels = onnx_heads.graph_head(3, seed=50, input_type=TensorProto.INT64, dim=DIM)
     with pytest.raises(resident_heads.HeadFileError, match="FLOAT"):
-        resident_heads.parse_head(model.SerializeToString(), [str(i) for i in range(DIM)], DIM)
+        resident_heads.parse_head(model_bytes, labels, DIM)
 
 
 # --- LRU order and byte budget -----------------------------------------------------------------
 def test_lru_order_and_byte_budget(executor_modules):
     resident_heads, _, _ = executor_modules
-    heads = {name: linear_head(4, seed)[:2] for seed, name in enumerate("abcde")}
+    heads = {name: linear_head(4, seed) for seed, name in enumerate("abcde")}
     per_head = 4 * DIM * 4 + 4 * 4  # weights + bias, float32
     residency = resident_heads.HeadResidency(budget_bytes=3 * per_head, dim=DIM)
     loads: list[str] = []
@@ -220,7 +188,7 @@ def test_lru_order_and_byte_budget(executor_modules):
 
 def test_a_batch_larger_than_the_budget_keeps_its_heads_until_done(executor_modules):
     resident_heads, _, _ = executor_modules
-    heads = {name: linear_head(2, seed)[:2] for seed, name in enumerate("abc")}
+    heads = {name: linear_head(2, seed) for seed, name in enumerate("abc")}
     per_head = 2 * DIM * 4 + 2 * 4
     residency = resident_heads.HeadResidency(budget_bytes=per_head, dim=DIM)
     loaded = residency.acquire(["a", "b", "c"], heads.__getitem__)
@@ -233,7 +201,7 @@ def test_a_batch_larger_than_the_budget_keeps_its_heads_until_done(executor_modu
 def test_release_frees_bytes_and_the_slot(executor_modules):
     resident_heads, _, _ = executor_modules
     residency = resident_heads.HeadResidency(budget_bytes=1 << 20, dim=DIM)
-    head = linear_head(3, 40)[:2]
+    head = linear_head(3, 40)
     entry = residency.acquire([("x", 1)], lambda _key: head)[("x", 1)]
     assert residency.stats().resident_bytes > 0 and entry.bank.used == 1
     assert residency.release(("x", 1)) is True
