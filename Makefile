@@ -5,8 +5,9 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-# Which encoder variant the server uses: fp32 (default, see README "Choosing the encoder") or int8.
-HEADROOM_ENCODER_VARIANT ?= fp32
+# Which encoder variant the server uses: int8-static (default, see README "Choosing the encoder"),
+# fp32 or int8.
+HEADROOM_ENCODER_VARIANT ?= int8-static
 export HEADROOM_ENCODER_VARIANT
 export HF_HUB_OFFLINE = 1
 export PYTHONDONTWRITEBYTECODE = 1
@@ -50,7 +51,7 @@ loadtest: heads
 	$(BIN)/python bench/loadtest.py --duration $(LOADTEST_DURATION) --users $(LOADTEST_USERS) --spawn-rate $(LOADTEST_SPAWN_RATE)
 
 bench: heads bench-env
-	@echo "==> all benchmarks (about 15 minutes); reports in bench/results/, summary table into README.md"
+	@echo "==> all benchmarks (about an hour on 2 cores); reports in bench/results/, summary table into README.md"
 	$(BIN)/python -m bench.run_all
 
 test: heads bench-env

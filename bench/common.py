@@ -289,10 +289,13 @@ class LoadResult:
         return data
 
 
-def pipeline_request(grpc_module, text: str, head: str) -> list:
+def pipeline_request(grpc_module, text: str | list[str], head: str | list[str]) -> list:
+    """Inputs of one ``pipeline`` request: one text and head, or lists of them (one row each)."""
     from client.headroom_client import bytes_input
 
-    return [bytes_input(grpc_module, "TEXT", [text]), bytes_input(grpc_module, "HEAD", [head])]
+    texts = [text] if isinstance(text, str) else text
+    heads = [head] if isinstance(head, str) else head
+    return [bytes_input(grpc_module, "TEXT", texts), bytes_input(grpc_module, "HEAD", heads)]
 
 
 async def _drive(
@@ -392,8 +395,14 @@ def run_load(
     return asyncio.run(_drive(grpc_url, next_request, duration_s, concurrency, rate_per_s, warmup_s, server_pid))
 
 
-def pipeline_traffic(heads: list[str], texts: list[str], failure_share: float = 0.0, seed: int = 0):
-    """``next_request`` for ``run_load``: Zipf tenants through ``pipeline``."""
+def pipeline_traffic(
+    heads: list[str], texts: list[str], failure_share: float = 0.0, seed: int = 0, texts_per_request: int = 1
+):
+    """``next_request`` for ``run_load``: Zipf tenants through ``pipeline``.
+
+    With ``texts_per_request`` > 1 each request carries that many rows, each its own draw (text and
+    head) of the mix, as a client sending unsorted batches would.
+    """
     import tritonclient.grpc as grpc_module
 
     from client.traffic import TrafficMix
@@ -401,27 +410,62 @@ def pipeline_traffic(heads: list[str], texts: list[str], failure_share: float = 
     mix = TrafficMix(heads, texts, failure_share=failure_share, seed=seed)
 
     def next_request() -> tuple[str, list, bool]:
-        request = mix.next()
-        return config.PIPELINE_MODEL, pipeline_request(grpc_module, request.text, request.head), request.expect_failure
+        if texts_per_request == 1:
+            request = mix.next()
+            inputs = pipeline_request(grpc_module, request.text, request.head)
+            return config.PIPELINE_MODEL, inputs, request.expect_failure
+        rows = mix.batch(texts_per_request)
+        inputs = pipeline_request(grpc_module, [r.text for r in rows], [r.head for r in rows])
+        return config.PIPELINE_MODEL, inputs, any(r.expect_failure for r in rows)
 
     return next_request
 
 
-def texts_of_token_length(max_tokens: int, min_tokens: int, limit: int = 512) -> list[str]:
-    """Demo texts whose token count ([CLS]/[SEP] included) lies in [min_tokens, max_tokens]."""
-    from client.traffic import demo_texts
+def embed_traffic(texts: list[str], texts_per_request: int, seed: int = 0):
+    """``next_request`` for ``run_load``: ``embed`` requests of ``texts_per_request`` random texts."""
+    import tritonclient.grpc as grpc_module
+
+    from client.headroom_client import bytes_input
+
+    rng = random.Random(seed)
+
+    def next_request() -> tuple[str, list, bool]:
+        chosen = [rng.choice(texts) for _ in range(texts_per_request)]
+        return config.EMBED_MODEL, [bytes_input(grpc_module, "TEXT", chosen)], False
+
+    return next_request
+
+
+def token_lengths(texts: list[str]) -> np.ndarray:
+    """Tokens of each text as the served encoder sees them ([CLS] and [SEP] included, truncated)."""
     from export.embeddings import load_text_tokenizer_module
     from export.encoder import model_source_dir
 
     module = load_text_tokenizer_module()
     tokenizer = module.TextTokenizer(model_source_dir() / "tokenizer.json", max_length=config.MAX_SEQ_LEN_TOKENS)
-    chosen = []
-    for text in dict.fromkeys(demo_texts()):
-        _, mask = tokenizer([text])
-        if min_tokens <= int(mask.sum()) <= max_tokens:
-            chosen.append(text)
-        if len(chosen) >= limit:
-            break
+    return tokenizer.encode(texts).lengths
+
+
+def length_distribution(texts: list[str]) -> dict:
+    """Tokens per text: p50/p90/p99/max/mean, and how many were cut at the truncation length."""
+    lengths = token_lengths(texts)
+    return {
+        "texts": len(texts),
+        "distinct": len(set(texts)),
+        **{f"p{q}": int(np.percentile(lengths, q)) for q in (50, 90, 99)},
+        "max": int(lengths.max()),
+        "mean": round(float(lengths.mean()), 1),
+        "truncated": int((lengths >= config.MAX_SEQ_LEN_TOKENS).sum()),
+    }
+
+
+def texts_of_token_length(max_tokens: int, min_tokens: int, limit: int = 512) -> list[str]:
+    """Demo texts whose token count ([CLS]/[SEP] included) lies in [min_tokens, max_tokens]."""
+    from client.traffic import demo_texts
+
+    texts = list(dict.fromkeys(demo_texts()))
+    lengths = token_lengths(texts)
+    chosen = [text for text, length in zip(texts, lengths, strict=True) if min_tokens <= length <= max_tokens]
     if not chosen:
         raise RuntimeError(f"no demo text has {min_tokens}-{max_tokens} tokens")
-    return chosen
+    return chosen[:limit]

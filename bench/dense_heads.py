@@ -6,6 +6,8 @@ onboarding's layout with the served encoder's fingerprint, and every 1,000th a n
 Gemm-Relu-Gemm-Softmax head that the executor runs as its own ONNX Runtime session. Server
 memory is the PSS of ``tritonserver`` plus its stub processes, read after the same warm-up
 traffic (requests naming an unknown head: tokenizer, encoder, pipeline and executor all run).
+The report names the allocator each server ran with (``allocator``: jemalloc or another
+preloaded library, else glibc with its ``MALLOC_*`` settings), read from the running process.
 
 1. zero heads: start-up time and PSS, the baseline of every memory figure;
 2. N heads registered at start-up: bulk start time, every head READY in the repository index,
@@ -15,7 +17,8 @@ traffic (requests naming an unknown head: tokenizer, encoder, pipeline and execu
    ``load_model``, a verified first answer through ``pipeline``); offboarding one
    (``HeadroomClient.offboard``): the executor's ``headroom_resident_head_bytes`` must drop by
    that head's weights, and a request right after must fail with NOT_FOUND "is not loaded";
-   then every head answered once (all resident), PSS;
+   then every head answered once (all resident), PSS, and the executor's stacked arrays
+   (``headroom_head_bank_bytes``) against the weights they hold (``headroom_stacked_head_bytes``);
 3. ``--through-api``: a fresh server loads all N heads one ``load_model`` at a time (about
    20 minutes at 10,000 on this machine): bulk time, per-load time as N grows, PSS;
 4. throughput: a server with T heads (1,000) and, beside it, issue 2's design
@@ -24,7 +27,7 @@ traffic (requests naming an unknown head: tokenizer, encoder, pipeline and execu
    alternated ``--rounds`` times so drift on this shared machine shows.
 
     python -m bench.dense_heads [--heads 10000] [--throughput-heads 1000] [--baseline-heads 64]
-                                [--through-api] [--quick]
+                                [--through-api] [--skip-throughput] [--quick]
 """
 
 from __future__ import annotations
@@ -90,6 +93,8 @@ class Settings:
     warmup_s: float = 3.0
     mlp_every: int = 1_000
     through_api: bool = False
+    #: Step 4; ``--skip-throughput`` leaves it out (memory and control figures only).
+    throughput: bool = True
     variant: str = config.ENCODER_VARIANT
 
 
@@ -230,16 +235,50 @@ def pss_by_model_mib(server: TritonServer) -> dict[str, float]:
     return {name: round(size / MIB, 1) for name, size in sorted(server_pss_by_model(server.process.pid).items())}
 
 
+#: Preloaded allocators recognised in a server's memory map, by the name of their library.
+PRELOADED_ALLOCATORS = ("jemalloc", "mimalloc", "tcmalloc")
+
+
+def server_allocator(server: TritonServer) -> dict:
+    """The allocator the running ``tritonserver`` uses: a preloaded library found in its memory
+    map, else glibc's malloc; with the allocator variables of its environment (``MALLOC_*``,
+    ``GLIBC_TUNABLES``, ``LD_PRELOAD``)."""
+    pid = server.process.pid
+    libraries = {line.split()[-1] for line in Path(f"/proc/{pid}/maps").read_text().splitlines() if "/" in line}
+    settings = {}
+    for item in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0"):
+        name, _, value = item.decode("utf-8", "replace").partition("=")
+        if name.startswith("MALLOC_") or name in ("GLIBC_TUNABLES", "LD_PRELOAD"):
+            settings[name] = value
+    for allocator in PRELOADED_ALLOCATORS:
+        library = next((path for path in sorted(libraries) if f"lib{allocator}" in Path(path).name), None)
+        if library is not None:
+            return {"allocator": allocator, "library": library, "settings": settings}
+    return {"allocator": "glibc", "library": None, "settings": settings}
+
+
+def allocator_text(allocator: dict) -> str:
+    """``glibc (MALLOC_ARENA_MAX=1)``, ``jemalloc``: for logs and the summary table."""
+    settings = [f"{name}={value}" for name, value in allocator["settings"].items() if name != "LD_PRELOAD"]
+    return allocator["allocator"] + (f" ({', '.join(settings)})" if settings else "")
+
+
 # --- step 1: zero heads ----------------------------------------------------------------------
 def zero_heads(repository: Path, texts: list[str], settings: Settings) -> dict:
     server, start_s = start_server(repository, list(config.SYSTEM_MODELS), "zero")
     try:
+        allocator = server_allocator(server)
         pss = warm_and_measure_pss(server, texts, settings)
         by_model = pss_by_model_mib(server)
     finally:
         server.stop()
-    log.info("zero heads: start %.1f s, PSS %.0f MiB %s", start_s, pss / MIB, by_model)
-    return {"start_s": round(start_s, 2), "pss_mib": round(pss / MIB, 1), "pss_by_model_mib": by_model}
+    log.info("zero heads (%s): start %.1f s, PSS %.0f MiB %s", allocator_text(allocator), start_s, pss / MIB, by_model)
+    return {
+        "start_s": round(start_s, 2),
+        "pss_mib": round(pss / MIB, 1),
+        "pss_by_model_mib": by_model,
+        "allocator": allocator,
+    }
 
 
 # --- step 2: N heads registered at start-up --------------------------------------------------
@@ -352,6 +391,7 @@ def dense_server(
             "index_checked_s": round(index_s, 2),
             "ready_heads": len(ready),
             "metrics_page_bytes": _metrics_page_size(server),
+            "allocator": server_allocator(server),
         }
         pss = warm_and_measure_pss(server, texts, settings)
         registered_by_model = pss_by_model_mib(server)
@@ -424,13 +464,21 @@ def dense_server(
             "resident_heads": metrics.get("headroom_resident_heads"),
             "resident_head_bytes": metrics.get("headroom_resident_head_bytes"),
             "evictions": metrics.get("headroom_head_evictions_total"),
+            # The executor's stacked arrays (allocated) and the linear heads' weights in them.
+            "head_bank_bytes": metrics.get("headroom_head_bank_bytes"),
+            "stacked_head_bytes": metrics.get("headroom_stacked_head_bytes"),
         }
+        if all_resident["head_bank_bytes"] is not None and all_resident["stacked_head_bytes"]:
+            all_resident["bank_to_weights"] = round(
+                all_resident["head_bank_bytes"] / all_resident["stacked_head_bytes"], 3
+            )
         log.info(
-            "all %d heads answered once (%.0f s): %s resident, %.1f MiB of weights, PSS %.0f MiB",
+            "all %d heads answered once (%.0f s): %s resident, %.1f MiB of weights in %.1f MiB of arrays, PSS %.0f MiB",
             len(everyone),
             touch_s,
             all_resident["resident_heads"],
             (all_resident["resident_head_bytes"] or 0) / MIB,
+            (all_resident["head_bank_bytes"] or 0) / MIB,
             resident_pss / MIB,
         )
         startup["executor_loads"] = executor_loads(server)
@@ -671,8 +719,12 @@ def run(settings: Settings = Settings()) -> dict:
         else:
             log.info("3/4 skipped: loading every head through the API (--through-api)")
 
-        log.info("4/4 throughput: %d heads, one head, issue 2's per-head models", settings.throughput_heads)
-        rates = throughput(repository, workdir, heads, fingerprint, texts, settings)
+        rates = None
+        if settings.throughput:
+            log.info("4/4 throughput: %d heads, one head, issue 2's per-head models", settings.throughput_heads)
+            rates = throughput(repository, workdir, heads, fingerprint, texts, settings)
+        else:
+            log.info("4/4 skipped: throughput (--skip-throughput)")
 
     registered_delta = dense["pss_mib"] - zero["pss_mib"]
     resident_delta = dense["all_resident"]["pss_mib"] - zero["pss_mib"]
@@ -684,12 +736,23 @@ def run(settings: Settings = Settings()) -> dict:
         "all_resident_pss_mib": dense["all_resident"]["pss_mib"],
         "all_resident_delta_mib": round(resident_delta, 1),
         "all_resident_kib_per_head": round(resident_delta * KIB / dense["all_resident"]["heads"], 1),
+        # tritonserver alone (no stubs) at each step, and the executor's stub.
+        "tritonserver_mib": {
+            "zero_heads": zero["pss_by_model_mib"].get("tritonserver"),
+            "registered": dense["pss_by_model_mib"].get("tritonserver"),
+            "all_resident": dense["all_resident"]["pss_by_model_mib"].get("tritonserver"),
+        },
+        "executor_mib": {
+            "zero_heads": zero["pss_by_model_mib"].get(config.EXECUTOR_MODEL),
+            "all_resident": dense["all_resident"]["pss_by_model_mib"].get(config.EXECUTOR_MODEL),
+        },
     }
     if api is not None:
         memory["through_api_delta_mib"] = round(api["pss_mib"] - zero["pss_mib"], 1)
         memory["through_api_kib_per_head"] = round((api["pss_mib"] - zero["pss_mib"]) * KIB / len(heads), 1)
     return {
         "settings": dataclasses.asdict(settings),
+        "allocator": dense["startup"]["allocator"],
         "heads": len(heads),
         "mlp_heads": sum(h.kind == "mlp" for h in heads),
         "write_s": round(write_s, 1),
@@ -725,7 +788,22 @@ def plot(report: dict, results_dir: Path = RESULTS_DIR) -> None:
             marker="s",
             label=f"headroom, loaded through the API ({memory['through_api_kib_per_head']:.0f} KiB/head)",
         )
-    baseline = report["throughput"]["per_head_models_memory"]
+    if report.get("throughput"):
+        _plot_baseline_memory(left, report["throughput"]["per_head_models_memory"], heads)
+    left.set_yscale("log")
+    left.set_xlabel("heads")
+    left.set_ylabel("server PSS (MiB, log scale)")
+    left.set_title(f"Memory against heads ({allocator_text(report['allocator'])})")
+    left.legend(fontsize=7)
+    if report.get("throughput"):
+        _plot_throughput(right, report["throughput"])
+    else:
+        right.set_axis_off()
+        right.text(0.5, 0.5, "throughput not measured (--skip-throughput)", ha="center", va="center")
+    save_figure(figure, "dense_heads", results_dir)
+
+
+def _plot_baseline_memory(left, baseline: dict, heads: int) -> None:
     left.plot(
         [0, baseline["heads"]],
         [baseline["pss_without_heads_mib"], baseline["pss_mib"]],
@@ -740,27 +818,22 @@ def plot(report: dict, results_dir: Path = RESULTS_DIR) -> None:
         color="grey",
         label="issue 2, extrapolated",
     )
-    left.set_yscale("log")
-    left.set_xlabel("heads")
-    left.set_ylabel("server PSS (MiB, log scale)")
-    left.set_title("Memory against heads")
-    left.legend(fontsize=7)
-    rates = report["throughput"]["requests_per_s"]
+
+
+def _plot_throughput(right, throughput_report: dict) -> None:
+    rates = throughput_report["requests_per_s"]
     labels = list(rates)
     colors = ["tab:blue" if label.startswith("headroom") else "grey" for label in labels]
     spread = [[], []]  # distance of the slowest and fastest round from the median
     for label in labels:
-        rounds = [
-            r["throughput_per_s"] for r in report["throughput"]["runs"] if f"{r['design']}, {r['traffic']}" == label
-        ]
+        rounds = [r["throughput_per_s"] for r in throughput_report["runs"] if f"{r['design']}, {r['traffic']}" == label]
         spread[0].append(rates[label] - min(rounds))
         spread[1].append(max(rounds) - rates[label])
     right.barh(range(len(labels)), [rates[label] for label in labels], xerr=spread, capsize=3, color=colors)
     right.set_yticks(range(len(labels)), [label.replace(", ", "\n") for label in labels], fontsize=7)
     right.invert_yaxis()
     right.set_xlabel("requests / s (≤16-token texts)")
-    right.set_title(f"Throughput, same texts: median and range of {report['throughput']['rounds']} round(s)")
-    save_figure(figure, "dense_heads", results_dir)
+    right.set_title(f"Throughput, same texts: median and range of {throughput_report['rounds']} round(s)")
 
 
 def summary_rows(report: dict) -> list[tuple[str, str, str]]:
@@ -769,7 +842,10 @@ def summary_rows(report: dict) -> list[tuple[str, str, str]]:
     memory, startup = report["memory"], report["startup"]
     loads, onboarding, off = report["api_loads"], report["onboarding"], report["offboarding"]
     rates = report["throughput"]
+    resident = report["all_resident"]
+    triton = memory.get("tritonserver_mib", {})
     rows = [
+        ("allocator of tritonserver and its stubs", allocator_text(report["allocator"]), ""),
         (
             f"{n} heads registered at start-up: bulk load / all READY (repository index)",
             f"{startup['bulk_start_s']:.1f} s / {startup['ready_heads']} READY",
@@ -781,9 +857,20 @@ def summary_rows(report: dict) -> list[tuple[str, str, str]]:
             "≤ 100 KiB",
         ),
         (
-            f"... with every head resident in the executor ({report['all_resident']['heads']} heads)",
+            f"... with every head resident in the executor ({resident['heads']} heads)",
             f"{memory['all_resident_kib_per_head']:.1f} KiB ({memory['all_resident_delta_mib']:.0f} MiB in all)",
+            "≤ 64 KiB",
+        ),
+        (
+            "tritonserver alone (no stubs): zero heads / registered / every head resident",
+            f"{triton.get('zero_heads')} / {triton.get('registered')} / {triton.get('all_resident')} MiB",
             "",
+        ),
+        (
+            "executor: stacked arrays allocated / weights they hold",
+            f"{(resident.get('head_bank_bytes') or 0) / MIB:.1f} / "
+            f"{(resident.get('stacked_head_bytes') or 0) / MIB:.1f} MiB ({resident.get('bank_to_weights')}×)",
+            "≤ 1.25×",
         ),
         (
             f"load_model of one head with {loads['loaded_before']} loaded, p50 / p95",
@@ -802,23 +889,26 @@ def summary_rows(report: dict) -> list[tuple[str, str, str]]:
             f"{off['request_after']['status']} in {off['request_after']['ms']:.0f} ms",
             "freed; NOT_FOUND at once",
         ),
-        (
-            f"throughput, Zipf over {rates['throughput_heads']} heads / one head",
-            f"{rates['many_to_one']['median_of_rounds']:.2f} (median of {rates['rounds']} rounds; "
-            f"{rates['many_to_one']['by_server_cpu_median']:.2f} by server CPU per request)",
-            "≥ 0.9",
-        ),
-        (
-            f"throughput, headroom / issue 2's per-head models ({rates['baseline_heads']} Zipf heads)",
-            f"{rates['headroom_to_per_head_models']['median_of_rounds']:.2f}× (median of {rates['rounds']} rounds; "
-            f"{rates['headroom_to_per_head_models']['by_server_cpu_median']:.2f}× by server CPU per request)",
-            "",
-        ),
     ]
+    if rates:
+        rows += [
+            (
+                f"throughput, Zipf over {rates['throughput_heads']} heads / one head",
+                f"{rates['many_to_one']['median_of_rounds']:.2f} (median of {rates['rounds']} rounds; "
+                f"{rates['many_to_one']['by_server_cpu_median']:.2f} by server CPU per request)",
+                "≥ 0.9",
+            ),
+            (
+                f"throughput, headroom / issue 2's per-head models ({rates['baseline_heads']} Zipf heads)",
+                f"{rates['headroom_to_per_head_models']['median_of_rounds']:.2f}× (median of {rates['rounds']} rounds; "
+                f"{rates['headroom_to_per_head_models']['by_server_cpu_median']:.2f}× by server CPU per request)",
+                "",
+            ),
+        ]
     if report.get("through_api"):
         api = report["through_api"]
         rows.insert(
-            1,
+            2,
             (
                 f"{n} heads through the API one at a time: bulk / per load at the end p50",
                 f"{api['bulk_s'] / 60:.1f} min / {api['last_tenth_load_ms']['p50']:.0f} ms",
@@ -845,6 +935,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, help=f"alternations of the throughput runs (default {defaults.rounds})")
     parser.add_argument("--through-api", action="store_true", help="also load every head one at a time (long)")
     parser.add_argument(
+        "--skip-throughput", action="store_true", help="leave out step 4 (memory and control figures only)"
+    )
+    parser.add_argument(
         "--only-throughput",
         action="store_true",
         help="measure step 4 again and replace it in the last report (bench/results/dense_heads.json)",
@@ -869,8 +962,11 @@ def main(argv: list[str] | None = None) -> int:
         settings,
         **overrides,
         through_api=args.through_api,
+        throughput=not args.skip_throughput,
         variant=args.variant,
     )
+    if args.only_throughput and args.skip_throughput:
+        parser.error("--only-throughput and --skip-throughput exclude each other")
     setup_logging()
     if args.only_throughput:
         report = merge_throughput(run_throughput_only(settings))
@@ -880,7 +976,8 @@ def main(argv: list[str] | None = None) -> int:
     plot(report)
     for figure, measured, target in summary_rows(report):
         print(f"{figure}: {measured}" + (f"  (target {target})" if target else ""))
-    print(json.dumps(report["throughput"]["requests_per_s"], indent=2))
+    if report["throughput"]:
+        print(json.dumps(report["throughput"]["requests_per_s"], indent=2))
     return 0
 
 

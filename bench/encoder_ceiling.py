@@ -1,7 +1,11 @@
 """Benchmark 1, the encoder ceiling: raw ONNX Runtime throughput of the encoder in-process.
 
-fp32 and int8, batch sizes 1/8/32/64, sequence lengths 16 and 64, intra-op threads = cores.
-This is the limit the served system is measured against (``bench.end_to_end``).
+Every encoder variant, batch sizes 1/8/32/64, sequence lengths 16 and 64, intra-op threads =
+cores. ``text_ceiling`` measures the same on a list of real texts (tokenization excluded): the
+whole list sorted by token count and cut into ideal batches (as the served ``embed`` model cuts
+them, and into batches of 32: the faster of the two is the ceiling), and, for comparison, in
+arrival order in batches of 32. These are the limits the served system is measured against
+(``bench.end_to_end``).
 
     python -m bench.encoder_ceiling [--seconds 3]
 """
@@ -15,12 +19,14 @@ import time
 import numpy as np
 
 from bench.common import log, pyplot, save_figure, setup_logging, texts_of_token_length, write_report
-from export.embeddings import load_text_tokenizer_module
+from export.embeddings import grouping_limits, load_length_groups_module, load_text_tokenizer_module
 from export.encoder import export_all, model_source_dir, variant_path
 from headroom import config
 
 BATCH_SIZES = (1, 8, 32, 64)
 SEQUENCE_LENGTHS = (16, 64)
+#: Rows per batch of the fixed-size plans of ``text_ceiling``.
+FIXED_BATCH = 32
 
 
 def token_batch(texts: list[str], batch_size: int, length: int) -> tuple[np.ndarray, np.ndarray]:
@@ -49,6 +55,63 @@ def measure(session, ids: np.ndarray, mask: np.ndarray, seconds: float) -> float
         session.run(["sentence_embedding"], feed)
         sentences += ids.shape[0]
     return sentences / elapsed
+
+
+def batch_plans(lengths: np.ndarray) -> dict[str, list[np.ndarray]]:
+    """Ways to cut texts of these token lengths into encoder batches (row indices per batch)."""
+    groups = load_length_groups_module()
+    order = np.argsort(lengths, kind="stable")
+    rows = np.arange(len(lengths))
+    return {
+        "sorted_served_groups": groups.plan_groups(lengths, grouping_limits(module=groups)),
+        f"sorted_batches_{FIXED_BATCH}": [order[i : i + FIXED_BATCH] for i in range(0, len(order), FIXED_BATCH)],
+        f"arrival_batches_{FIXED_BATCH}": [rows[i : i + FIXED_BATCH] for i in range(0, len(rows), FIXED_BATCH)],
+    }
+
+
+def text_ceiling(variant: str, texts: list[str], seconds: float = 3.0, rounds: int = 2) -> dict:
+    """In-process sentences/s of ``variant`` on ``texts`` for each plan of ``batch_plans``.
+
+    Each plan runs every batch of the list, over and over for ``seconds``, ``rounds`` times
+    alternating with the other plans; the best round counts. ``ceiling_per_s`` is the better of
+    the sorted plans: the most the encoder can do on these texts here.
+    """
+    module = load_text_tokenizer_module()
+    tokenizer = module.TextTokenizer(model_source_dir() / "tokenizer.json", max_length=config.MAX_SEQ_LEN_TOKENS)
+    tokens = tokenizer.encode(texts)
+    session = session_for(variant, os.cpu_count() or 1)
+    plans = batch_plans(tokens.lengths)
+    feeds = {
+        name: [dict(zip(("input_ids", "attention_mask"), tokens.padded(rows), strict=True)) for rows in batches]
+        for name, batches in plans.items()
+    }
+    for feed in feeds[f"sorted_batches_{FIXED_BATCH}"][:4]:
+        session.run(["sentence_embedding"], feed)  # warm-up
+    rates: dict[str, list[float]] = {name: [] for name in plans}
+    for _ in range(rounds):
+        for name, batches in feeds.items():
+            done, started = 0, time.perf_counter()
+            while True:
+                for feed in batches:
+                    session.run(["sentence_embedding"], feed)
+                done += len(texts)
+                if (elapsed := time.perf_counter() - started) >= seconds:
+                    break
+            rates[name].append(done / elapsed)
+    best = {name: round(max(values), 1) for name, values in rates.items()}
+    padded = {name: int(sum(len(rows) * int(tokens.lengths[rows].max()) for rows in plans[name])) for name in plans}
+    sorted_plans = [name for name in plans if name.startswith("sorted")]
+    ceiling_plan = max(sorted_plans, key=best.get)
+    return {
+        "variant": variant,
+        "sentences_per_s": best,
+        "padded_tokens_per_real_token": {
+            name: round(value / int(tokens.lengths.sum()), 3) for name, value in padded.items()
+        },
+        "batches": {name: len(batches) for name, batches in plans.items()},
+        "ceiling_plan": ceiling_plan,
+        "ceiling_per_s": best[ceiling_plan],
+    }
 
 
 def run(

@@ -1,11 +1,18 @@
-"""Benchmarks 2 and 5: end-to-end throughput through ``pipeline``, and latency under load.
+"""Benchmarks 2 and 5: end-to-end throughput of the served system against the encoder ceiling,
+on text of real length and on short texts, and latency under load.
 
-For each encoder variant: a server with the demo heads (built for that encoder), Zipf traffic
-over the heads with texts of at most 16 tokens, sent over gRPC with enough requests in flight to
-saturate. The ratio to the in-process encoder ceiling (``bench.encoder_ceiling``, measured in the
-same run on the same texts) says how much of the hardware the served system delivers. Then, on
-the same server, open-loop (Poisson) traffic at 25/50/75 % of the saturated rate gives
-p50/p95/p99 latencies.
+Two text sets: ``mix``, texts of real, long-tailed length (``client.traffic.real_text_mix``:
+utterances, prose sentences and paragraphs; its token distribution is in the report), and
+``short``, demo texts of 10-16 tokens (the figures of earlier issues). For each encoder variant,
+one server with the demo heads, and in this order:
+
+1. the ceiling, in-process ONNX Runtime on the same texts with ideal length-sorted batches
+   (``bench.encoder_ceiling.text_ceiling``), before the server starts;
+2. ``pipeline`` at saturation over gRPC with 1 text per request (``concurrency`` in flight, Zipf
+   tenants), and on the mix also with 32 texts per request (each row its own draw of text and
+   tenant, as an unsorted client sends them) and ``embed`` with 32 texts per request;
+3. latency at 25/50/75 % of the 1-text saturated rate (open-loop Poisson arrivals): p50/p95/p99;
+4. the ceiling again once the server has stopped. Ratios use the mean of the two ceilings.
 
     python -m bench.end_to_end [--seconds 15] [--variants fp32 int8]
 """
@@ -13,6 +20,7 @@ p50/p95/p99 latencies.
 from __future__ import annotations
 
 import argparse
+import statistics
 import tempfile
 from pathlib import Path
 
@@ -20,7 +28,9 @@ from bench import encoder_ceiling
 from bench.common import (
     RESULTS_DIR,
     demo_head_dirs,
+    embed_traffic,
     free_address,
+    length_distribution,
     log,
     pipeline_traffic,
     pyplot,
@@ -31,11 +41,21 @@ from bench.common import (
     texts_of_token_length,
     write_report,
 )
+from client.traffic import MIX_SIZE, real_text_mix
 from headroom import config
 from server.triton import TritonServer
 
 LOAD_FRACTIONS = (0.25, 0.5, 0.75)
-SATURATING_CONCURRENCY = 128
+#: Requests in flight at saturation with 1 text per request.
+SATURATING_CONCURRENCY = 256
+#: Texts per request of the batched modes, and how many such requests are in flight.
+BATCH_TEXTS = 32
+BATCH_CONCURRENCY = 16
+TEXT_SETS = ("mix", "short")
+
+
+def text_sets(mix_size: int = MIX_SIZE) -> dict[str, list[str]]:
+    return {"mix": real_text_mix(size=mix_size), "short": texts_of_token_length(16, 10)}
 
 
 def served_repository(workdir: Path, variant: str) -> tuple[Path, list[str]]:
@@ -44,71 +64,126 @@ def served_repository(workdir: Path, variant: str) -> tuple[Path, list[str]]:
     return repository, heads
 
 
-def measure_variant(variant: str, texts: list[str], seconds: float, concurrency: int, workdir: Path) -> dict:
+def _saturate(server: TritonServer, traffic, texts_per_request: int, concurrency: int, seconds: float) -> dict:
+    run_load(server.address.grpc_url, traffic, duration_s=min(3.0, seconds), concurrency=concurrency, warmup_s=0.5)
+    result = run_load(
+        server.address.grpc_url, traffic, duration_s=seconds, concurrency=concurrency, server_pid=server.process.pid
+    )
+    summary = result.summary()
+    summary["texts_per_request"] = texts_per_request
+    summary["concurrency"] = concurrency
+    summary["texts_per_s"] = round(result.throughput * texts_per_request, 1)
+    return summary
+
+
+def _latency(server: TritonServer, traffic, saturated_per_s: float, seconds: float, concurrency: int) -> list[dict]:
+    rows = []
+    for fraction in LOAD_FRACTIONS:
+        rate = saturated_per_s * fraction
+        result = run_load(
+            server.address.grpc_url, traffic, duration_s=seconds, concurrency=4 * concurrency, rate_per_s=rate
+        )
+        rows.append({"load_fraction": fraction, "target_per_s": round(rate, 1), **result.summary()})
+        log.info(
+            "  at %.0f%% (%.0f/s): p50 %.1f ms p95 %.1f ms p99 %.1f ms",
+            fraction * 100,
+            rate,
+            result.percentile(50) or 0,
+            result.percentile(95) or 0,
+            result.percentile(99) or 0,
+        )
+    return rows
+
+
+def measure_variant(
+    variant: str, sets: dict[str, list[str]], seconds: float, concurrency: int, workdir: Path, ceiling_rounds: int
+) -> dict:
     repository, heads = served_repository(workdir, variant)
+    ceiling_s = min(seconds, 3.0)
+
+    def ceilings() -> dict[str, dict]:
+        return {name: encoder_ceiling.text_ceiling(variant, t, ceiling_s, ceiling_rounds) for name, t in sets.items()}
+
+    before = ceilings()
+    results: dict[str, dict] = {name: {} for name in sets}
     with TritonServer(free_address(), repository, log_file=RESULTS_DIR / f"end_to_end_{variant}.log") as server:
-        traffic = pipeline_traffic(heads, texts)
-        run_load(server.address.grpc_url, traffic, duration_s=2.0, concurrency=concurrency, warmup_s=0.5)
-        saturated = run_load(server.address.grpc_url, traffic, duration_s=seconds, concurrency=concurrency)
-        log.info("%s: saturated %.0f requests/s (%d errors)", variant, saturated.throughput, saturated.errors)
-        latency = []
-        for fraction in LOAD_FRACTIONS:
-            rate = saturated.throughput * fraction
-            result = run_load(
-                server.address.grpc_url, traffic, duration_s=seconds, concurrency=4 * concurrency, rate_per_s=rate
+        for name, texts in sets.items():
+            single = pipeline_traffic(heads, texts)
+            modes = {"pipeline_1": _saturate(server, single, 1, concurrency, seconds)}
+            log.info("%s %s: pipeline, 1 text/request: %.0f texts/s", variant, name, modes["pipeline_1"]["texts_per_s"])
+            if name == "mix":
+                batched = pipeline_traffic(heads, texts, texts_per_request=BATCH_TEXTS)
+                modes[f"pipeline_{BATCH_TEXTS}"] = _saturate(server, batched, BATCH_TEXTS, BATCH_CONCURRENCY, seconds)
+                embed = embed_traffic(texts, BATCH_TEXTS)
+                modes[f"embed_{BATCH_TEXTS}"] = _saturate(server, embed, BATCH_TEXTS, BATCH_CONCURRENCY, seconds)
+                for mode in (f"pipeline_{BATCH_TEXTS}", f"embed_{BATCH_TEXTS}"):
+                    log.info("%s %s: %s: %.0f texts/s", variant, name, mode, modes[mode]["texts_per_s"])
+            results[name]["modes"] = modes
+            results[name]["latency"] = _latency(
+                server, single, modes["pipeline_1"]["throughput_per_s"], seconds, concurrency
             )
-            latency.append({"load_fraction": fraction, "target_per_s": round(rate, 1), **result.summary()})
-            log.info(
-                "%s at %.0f%%: p50 %.1f ms p95 %.1f ms p99 %.1f ms",
-                variant,
-                fraction * 100,
-                result.percentile(50),
-                result.percentile(95),
-                result.percentile(99),
-            )
-    return {"heads": heads, "saturated": saturated.summary(), "latency": latency}
+    after = ceilings()
+    for name in sets:
+        ceiling = statistics.fmean([before[name]["ceiling_per_s"], after[name]["ceiling_per_s"]])
+        results[name]["ceiling"] = {"before": before[name], "after": after[name], "ceiling_per_s": round(ceiling, 1)}
+        results[name]["ratio_to_ceiling"] = {
+            mode: round(data["texts_per_s"] / ceiling, 3) for mode, data in results[name]["modes"].items()
+        }
+        log.info("%s %s: ceiling %.0f texts/s; ratios %s", variant, name, ceiling, results[name]["ratio_to_ceiling"])
+    return {"heads": heads, "text_sets": results}
 
 
 def run(
     seconds: float = 15.0,
     variants=config.ENCODER_VARIANTS,
-    ceiling: dict | None = None,
     concurrency: int = SATURATING_CONCURRENCY,
+    mix_size: int = MIX_SIZE,
+    ceiling_rounds: int = 2,
 ) -> dict:
-    texts = texts_of_token_length(16, 10)
-    if ceiling is None:
-        ceiling = encoder_ceiling.run(seconds=min(seconds, 3.0), variants=variants, batch_sizes=(32, 64), lengths=(16,))
+    """``mix_size`` texts of the mix; the ceiling's best of ``ceiling_rounds`` (a quick run: fewer)."""
+    sets = text_sets(mix_size)
     results = {}
     with tempfile.TemporaryDirectory(prefix="headroom-bench-") as tmp:
         for variant in variants:
-            measured = measure_variant(variant, texts, seconds, concurrency, Path(tmp))
-            ceiling_rate = ceiling["best"][f"{variant}_T16"]
-            measured["encoder_ceiling_per_s"] = ceiling_rate
-            measured["ratio_to_ceiling"] = round(measured["saturated"]["throughput_per_s"] / ceiling_rate, 3)
-            results[variant] = measured
-    return {"texts": len(texts), "max_tokens": 16, "concurrency": concurrency, "seconds": seconds, "variants": results}
+            results[variant] = measure_variant(variant, sets, seconds, concurrency, Path(tmp), ceiling_rounds)
+    return {
+        "text_sets": {name: length_distribution(texts) for name, texts in sets.items()},
+        "concurrency": concurrency,
+        "batch_texts": BATCH_TEXTS,
+        "batch_concurrency": BATCH_CONCURRENCY,
+        "seconds": seconds,
+        "variants": results,
+    }
 
 
 def plot(report: dict) -> None:
     plt = pyplot()
-    figure, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+    figure, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
     variants = list(report["variants"])
-    served = [report["variants"][v]["saturated"]["throughput_per_s"] for v in variants]
-    ceiling = [report["variants"][v]["encoder_ceiling_per_s"] for v in variants]
-    x = range(len(variants))
-    left.bar([i - 0.2 for i in x], ceiling, width=0.4, label="encoder in-process")
-    left.bar([i + 0.2 for i in x], served, width=0.4, label="pipeline end-to-end")
-    left.set_xticks(list(x), variants)
-    left.set_ylabel("sentences / s (16 tokens)")
-    left.legend()
-    left.set_title("Throughput")
+    bars = []
     for variant in variants:
-        rows = report["variants"][variant]["latency"]
-        for q in ("p50_ms", "p95_ms", "p99_ms"):
+        for name, data in report["variants"][variant]["text_sets"].items():
+            bars.append((f"{variant}\n{name}", "ceiling", data["ceiling"]["ceiling_per_s"]))
+            for mode, values in data["modes"].items():
+                bars.append((f"{variant}\n{name}", mode, values["texts_per_s"]))
+    groups = list(dict.fromkeys(group for group, _, _ in bars))
+    kinds = list(dict.fromkeys(kind for _, kind, _ in bars))
+    width = 0.8 / len(kinds)
+    for position, kind in enumerate(kinds):
+        xs = [groups.index(g) + (position - (len(kinds) - 1) / 2) * width for g, k, _ in bars if k == kind]
+        left.bar(xs, [v for _, k, v in bars if k == kind], width=width, label=kind)
+    left.set_xticks(range(len(groups)), groups, fontsize=8)
+    left.set_ylabel("texts / s")
+    left.set_yscale("log")
+    left.legend(fontsize=7)
+    left.set_title("Throughput: encoder ceiling and end to end")
+    for variant in variants:
+        rows = report["variants"][variant]["text_sets"]["mix"]["latency"]
+        for q in ("p50_ms", "p99_ms"):
             right.plot([r["target_per_s"] for r in rows], [r[q] for r in rows], marker="o", label=f"{variant} {q[:3]}")
-    right.set_xlabel("offered load (requests / s)")
+    right.set_xlabel("offered load on the mix (requests / s, 1 text each)")
     right.set_ylabel("latency (ms)")
-    right.set_title("Latency under load")
+    right.set_title("Latency under load, texts of real length")
     right.legend(fontsize=7)
     save_figure(figure, "end_to_end")
 
@@ -123,11 +198,12 @@ def main(argv: list[str] | None = None) -> int:
     report = run(args.seconds, args.variants, concurrency=args.concurrency)
     write_report("end_to_end", report)
     plot(report)
+    for name, distribution in report["text_sets"].items():
+        print(f"{name}: {distribution}")
     for variant, data in report["variants"].items():
-        print(
-            f"{variant}: {data['saturated']['throughput_per_s']:.0f} sentences/s end-to-end = "
-            f"{data['ratio_to_ceiling']:.2f} x encoder ceiling ({data['encoder_ceiling_per_s']:.0f}/s)"
-        )
+        for name, values in data["text_sets"].items():
+            ceiling = values["ceiling"]["ceiling_per_s"]
+            print(f"{variant} {name}: ceiling {ceiling:.0f} texts/s; ratios {values['ratio_to_ceiling']}")
     return 0
 
 

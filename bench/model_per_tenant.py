@@ -2,10 +2,11 @@
 
 The baseline gives every tenant a full model: its own copy of the encoder with its head, merged
 into one ONNX file, served as its own Triton model (``full_<tenant>``, behind an ensemble
-``tenant_<tenant>`` that tokenizes with the shared tokenizer model) in the same embedded server.
-headroom serves the same tenants as heads behind ``pipeline`` (registration models of the shared
-``executor``, kilobytes each). For N = 10, 20, 40 tenants (loaded one by one through the
-model-control API into one server per design) it measures throughput under the same Zipf traffic
+``tenant_<tenant>`` that tokenizes with a shared tokenizer model, ``bench/baselines/tokenizer/``)
+in the same embedded server. headroom serves the same tenants as heads behind ``pipeline``
+(registration models of the shared ``executor``, kilobytes each). For N = 10, 20, 40 tenants
+(loaded one by one through the model-control API into one server per design) it measures
+throughput under the same Zipf traffic
 and then server memory (PSS of ``tritonserver`` plus its stub processes), and reports memory per
 additional tenant and throughput as ratios.
 
@@ -22,6 +23,8 @@ from pathlib import Path
 import onnx
 import onnx.compose
 
+from bench.baselines.tokenizer import MODEL_NAME as TOKENIZER_MODEL
+from bench.baselines.tokenizer import add_tokenizer_model
 from bench.common import (
     RESULTS_DIR,
     clone_head,
@@ -106,6 +109,7 @@ def tenant_names(count: int) -> list[str]:
 def baseline_repository(workdir: Path, variant: str, heads: list[Path], count: int) -> Path:
     """Tokenizer (+ the encoder folder it reads its tokenizer from) and ``count`` full models."""
     repository = system_repository(workdir / "baseline_repo", variant)
+    add_tokenizer_model(repository)
     merged_files = []
     for index, head in enumerate(heads):
         path = workdir / f"merged_{index}.onnx"
@@ -194,7 +198,7 @@ def tokenizer_traffic(texts: list[str]):
 
     def next_request():
         text = texts[next(counter) % len(texts)]
-        return config.TOKENIZER_MODEL, [bytes_input(grpc_module, "TEXT", [text])], False
+        return TOKENIZER_MODEL, [bytes_input(grpc_module, "TEXT", [text])], False
 
     return next_request
 
@@ -244,8 +248,8 @@ def run(counts=TENANT_COUNTS, seconds: float = 15.0, variant: str = config.ENCOD
             free_address(),
             baseline_repo,
             log_file=RESULTS_DIR / "model_per_tenant_baseline.log",
-            models=[config.TOKENIZER_MODEL],
-            system_models=(config.TOKENIZER_MODEL,),
+            models=[TOKENIZER_MODEL],
+            system_models=(TOKENIZER_MODEL,),
         ) as server:
             baseline_rows = _grow_and_measure(
                 server,

@@ -509,20 +509,26 @@ def main(argv: list[str] | None = None) -> int:
         "--batch-concurrency", type=int, default=None, help="clients sending 32-text requests (default: max(2, C/8))"
     )
     parser.add_argument("--server-batch-size", type=int, default=32, help="infinity's --batch-size")
+    parser.add_argument(
+        "--texts",
+        choices=("mix", "short"),
+        default="mix",
+        help="texts of real length (default) or of 10-16 tokens, as bench.end_to_end sends them",
+    )
     parser.add_argument("--startup-timeout", type=float, default=180.0, help="seconds to wait for infinity")
     parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT, help="JSON report (a PNG goes beside it)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", stream=sys.stderr)
     signal.signal(signal.SIGTERM, _raise_on_sigterm)
 
-    from client.traffic import demo_texts
+    from bench.end_to_end import text_sets
 
     output = args.output.resolve()
     try:
         result = run(
             args.duration,
             args.concurrency,
-            demo_texts(),
+            text_sets()[args.texts],
             warmup_s=args.warmup,
             batch_concurrency=args.batch_concurrency,
             server_batch_size=args.server_batch_size,

@@ -13,6 +13,7 @@ import sys
 import threading
 from pathlib import Path
 
+from client import bulk_files
 from headroom import config
 
 log = logging.getLogger("headroom")
@@ -67,11 +68,32 @@ def serve_admin_key(state_dir: Path) -> str:
 
 # --- subcommands -----------------------------------------------------------------------------
 def cmd_export(args: argparse.Namespace) -> int:
-    from export.encoder import export_all, install_encoder
+    from export.demo import DEMO_TENANTS
+    from export.encoder import export_all, install_encoder, read_encoder_info, sha256_of, variant_path
+    from export.head_store import heads_trained_for
 
-    with _status(f"exporting encoder (fp32 + int8) to {config.BUILD_DIR}"):
+    repository = Path(args.repository)
+    with _status(f"exporting the encoder ({', '.join(config.ENCODER_VARIANTS)}) to {config.BUILD_DIR}"):
         export_all(force=args.force)
-    info = install_encoder(args.variant, Path(args.repository))
+    try:
+        installed = read_encoder_info(repository)
+    except FileNotFoundError:
+        installed = None
+    wanted = f"sha256:{sha256_of(variant_path(args.variant))}"
+    if installed is not None and installed["fingerprint"] != wanted and not args.switch_encoder:
+        # Demo heads are retrained by `headroom heads`; a tenant's head would be refused until onboarded again.
+        stranded = [h for h in heads_trained_for(installed["fingerprint"], repository) if h not in DEMO_TENANTS]
+        if stranded:
+            shown = ", ".join(stranded[:5]) + (f" and {len(stranded) - 5} more" if len(stranded) > 5 else "")
+            print(
+                f"encoder: keeping the installed {installed['variant']} variant, not {args.variant}: "
+                f"{len(stranded)} onboarded head(s) were trained for it ({shown}) and would be refused. "
+                f"To switch, run `headroom export --variant {args.variant} --switch-encoder` and onboard them again; "
+                f"to keep it quietly, set HEADROOM_ENCODER_VARIANT={installed['variant']}.",
+                file=sys.stderr,
+            )
+            return 0
+    info = install_encoder(args.variant, repository)
     print(f"encoder: {info['variant']} variant installed, fingerprint {info['fingerprint']}")
     return 0
 
@@ -142,13 +164,14 @@ def cmd_onboard(args: argparse.Namespace) -> int:
         raise ValueError("onboard needs a training file (NAME data.jsonl) or a head (NAME --onnx FILE --labels FILE)")
     if args.labels is not None or args.encoder_fingerprint is not None:
         raise ValueError("--labels and --encoder-fingerprint go with --onnx; a training file brings its own")
-    with _client(args) as client, _status(f"onboarding {args.name} from {args.data_file}"):
-        result = client.onboard(args.name, args.data_file)
+    with _client(args) as client:
+        result = client.onboard(args.name, args.data_file, progress=True)
     m = result.metrics
+    split = ", ".join(f"{step.replace('_', ' ')} {seconds:.3f}" for step, seconds in result.timings.items())
     print(
         f"onboarded {result.name} v{result.version}: accuracy {m['holdout_accuracy']:.3f}, "
         f"macro-F1 {m['holdout_macro_f1']:.3f} on {m['holdout_examples']} held-out examples "
-        f"({result.seconds_total:.1f} s, training {result.seconds_training:.1f} s)"
+        f"in {result.seconds_total:.2f} s ({split} s)"
     )
     return 0
 
@@ -171,8 +194,37 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def cmd_classify(args: argparse.Namespace) -> int:
+    if args.input is None:
+        if not args.texts:
+            raise ValueError("classify needs texts (classify --head NAME TEXT...) or --input FILE (- for stdin)")
+        if args.head is None:
+            raise ValueError("classify TEXT... needs --head")
+        with _client(args) as client:
+            results = client.classify(args.texts, args.head, return_errors=True)
+        if args.output is None and args.output_format is None:
+            return _print_results(results)
+        records = [bulk_files.Record(text) for text in args.texts]
+        return _write_results(args, records, [args.head] * len(records), results)
+    if args.texts:
+        raise ValueError("give texts as arguments or --input, not both")
+    records = bulk_files.read_records(args.input, bulk_files.input_format(args.input, args.input_format), sys.stdin)
+    heads = [record.head or args.head for record in records]
+    missing = next((index for index, head in enumerate(heads) if head is None), None)
+    if missing is not None:
+        raise ValueError(f"{args.input}: record {missing + 1} names no head: give --head or a 'head' field")
     with _client(args) as client:
-        results = client.classify(args.texts, args.head, return_errors=True)
+        # Blocks keep memory bounded on long inputs; inside one, texts travel in length-sorted chunks.
+        results: list = []
+        with _progress(len(records), "classify") as bar:
+            for start in range(0, len(records), config.CLI_BLOCK_TEXTS):
+                block = records[start : start + config.CLI_BLOCK_TEXTS]
+                texts = [record.text for record in block]
+                results += client.classify(texts, heads[start : start + len(block)], return_errors=True)
+                bar.update(len(block))
+    return _write_results(args, records, heads, results)
+
+
+def _print_results(results: list) -> int:
     failed = 0
     for result in results:
         if isinstance(result, Exception):
@@ -181,6 +233,31 @@ def cmd_classify(args: argparse.Namespace) -> int:
         else:
             print(f"{result.label}\t{result.score:.3f}\t{result.text}")
     return 1 if failed else 0
+
+
+def _write_results(args: argparse.Namespace, records: list, heads: list[str], results: list) -> int:
+    """Write every row (``--output``, default standard output); 1 when any text got no label."""
+    fmt = bulk_files.output_format(args.output, args.output_format)
+    handle = open(args.output, "w", encoding="utf-8", newline="") if args.output else sys.stdout  # noqa: SIM115
+    try:
+        bulk_files.ResultWriter(handle, fmt, bulk_files.extra_fields(records)).write(records, heads, results)
+    finally:
+        if handle is not sys.stdout:
+            handle.close()
+    failed = sum(isinstance(result, Exception) for result in results)
+    if failed:
+        first = next(result for result in results if isinstance(result, Exception))
+        print(f"error: {failed} of {len(results)} texts got no label; first: {first}", file=sys.stderr)
+    elif args.output:
+        print(f"classified {len(results)} texts into {args.output}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def _progress(total: int, description: str):
+    """A progress bar on a terminal (standard error), nothing otherwise."""
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=description, unit="text", disable=None, file=sys.stderr)
 
 
 # --- plumbing --------------------------------------------------------------------------------
@@ -244,7 +321,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=cmd_serve)
 
-    p = sub.add_parser("export", help="export the encoder to ONNX (fp32 and int8) and install one variant")
+    p = sub.add_parser("export", help="export the encoder to ONNX (every variant) and install one")
     p.add_argument(
         "--variant",
         choices=config.ENCODER_VARIANTS,
@@ -252,6 +329,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="variant to serve (env HEADROOM_ENCODER_VARIANT; default %(default)s)",
     )
     p.add_argument("--force", action="store_true", help="re-export even if the files exist")
+    p.add_argument(
+        "--switch-encoder",
+        action="store_true",
+        help="install the variant even when onboarded heads were trained for the installed encoder "
+        "(they are refused until onboarded again); without it, such a repository keeps its encoder",
+    )
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("heads", help="build the demo tenants' heads that are missing or stale")
@@ -284,9 +367,27 @@ def build_parser() -> argparse.ArgumentParser:
     p = with_admin_key(sub.add_parser("list", help="list heads and their state"))
     p.set_defaults(func=cmd_list)
 
-    p = with_url(sub.add_parser("classify", help="classify texts with one head"))
-    p.add_argument("--head", required=True, help="head name, e.g. smart_home")
-    p.add_argument("texts", nargs="+", help="texts to classify")
+    p = with_url(
+        sub.add_parser(
+            "classify",
+            help="classify texts given as arguments, or many from a file or standard input",
+            description="classify --head NAME TEXT...   |   classify [--head NAME] --input FILE|- [--output FILE]",
+        )
+    )
+    p.add_argument("--head", help="head name, e.g. smart_home (with --input: for records that name none)")
+    p.add_argument("texts", nargs="*", help="texts to classify")
+    p.add_argument(
+        "--input",
+        help="read texts from FILE (- for standard input): lines, JSONL ('text', optional 'head') or CSV "
+        "(columns 'text', optional 'head'); other fields are copied to the output",
+    )
+    p.add_argument("--input-format", choices=bulk_files.INPUT_FORMATS, help="default: by extension; lines for stdin")
+    p.add_argument("--output", help="write results to FILE (default: standard output)")
+    p.add_argument(
+        "--output-format",
+        choices=bulk_files.OUTPUT_FORMATS,
+        help="default: by extension of --output, else jsonl (label<TAB>score<TAB>text for texts given as arguments)",
+    )
     p.set_defaults(func=cmd_classify)
     return parser
 

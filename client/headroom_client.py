@@ -18,6 +18,7 @@ after the other.
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 import time
@@ -25,6 +26,7 @@ from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -33,7 +35,10 @@ from headroom import config
 from headroom.admin_key import AdminKeyError, admin_headers, load_admin_key
 from headroom.naming import head_model_name, head_name_of
 
+log = logging.getLogger(__name__)
+
 EMBEDDING = "sentence_embedding"
+CLASSIFY_OUTPUTS = ["LABEL", "SCORE", "PROBS", "LABELS"]
 #: What Triton answers (403 over HTTP, UNAVAILABLE over gRPC) to a restricted call without the key.
 RESTRICTED_TEXT = "is restricted, expecting header"
 
@@ -74,9 +79,14 @@ class OnboardResult:
     version: int
     metrics: dict
     seconds_total: float
+    #: Embedding the training texts through the server plus fitting (0 for a ready-made head).
     seconds_training: float
     #: From ``load_model`` to the verified first answer through ``pipeline`` (load + first use).
     seconds_to_first_answer: float = 0.0
+    #: Where the time went, in seconds, in order: ``reading`` (the training file), ``embedding``,
+    #: ``fitting`` (hold-out fit and final fit), ``checking`` (the head's checks), ``writing``
+    #: (atomic write), ``loading`` (``load_model``), ``first_answer`` (the verifying request).
+    timings: dict[str, float] = field(default_factory=dict)
 
 
 def parse_url(url: str) -> tuple[str, str]:
@@ -110,6 +120,49 @@ def message_of(exc: Exception) -> str:
     """The server's message of a tritonclient exception; the exception itself for other errors."""
     message = getattr(exc, "message", None)
     return message() if callable(message) else f"{type(exc).__name__}: {exc}"
+
+
+def _report(enabled: bool, step: str, seconds: float) -> None:
+    if enabled:
+        log.info("%s (%.2f s)", step, seconds)
+
+
+def length_sorted_chunks(texts: Sequence[str], size: int) -> list[list[int]]:
+    """Indices of ``texts`` sorted by length (characters: a client has no tokenizer) in chunks of
+    at most ``size``: texts of similar length travel together, as the encoder wants them."""
+    if size < 1:
+        raise ValueError(f"batch size must be at least 1, got {size}")
+    order = sorted(range(len(texts)), key=lambda index: len(texts[index]))
+    return [order[start : start + size] for start in range(0, len(order), size)]
+
+
+def names_a_row(error: HeadroomError) -> bool:
+    """Whether the server failed a request of several texts for one of its rows (``row 3: ...``)."""
+    return str(error).startswith("row ")
+
+
+def to_classifications(result, rows: Sequence[int], texts: Sequence[str], heads: Sequence[str]) -> list[Classification]:
+    """The ``Classification`` of each row of one ``pipeline`` answer (``rows``: indices into ``texts``)."""
+    labels = result.as_numpy("LABEL").reshape(len(rows))
+    scores = result.as_numpy("SCORE").reshape(len(rows))
+    probabilities = result.as_numpy("PROBS").reshape(len(rows), -1)
+    names = result.as_numpy("LABELS").reshape(len(rows), -1)
+    classifications = []
+    for position, row in enumerate(rows):
+        # Rows are padded to the widest head of the request with label "" (never a real label).
+        row_names = [name.decode("utf-8") for name in names[position] if name]
+        classifications.append(
+            Classification(
+                text=texts[row],
+                head=heads[row],
+                label=labels[position].decode("utf-8"),
+                score=float(scores[position]),
+                probabilities=dict(
+                    zip(row_names, (float(p) for p in probabilities[position, : len(row_names)]), strict=True)
+                ),
+            )
+        )
+    return classifications
 
 
 def bytes_input(triton, name: str, values: Sequence[str | bytes]):
@@ -213,46 +266,83 @@ class HeadroomClient:
         return future
 
     def classify(
-        self, texts: Sequence[str], head: str | Sequence[str], return_errors: bool = False
+        self,
+        texts: Sequence[str],
+        head: str | Sequence[str],
+        return_errors: bool = False,
+        batch_size: int = config.CLIENT_BATCH_SIZE,
+        progress: bool = False,
     ) -> list[Classification | HeadroomError]:
-        """Classify each text with ``head`` (one name, or one name per text), concurrently.
+        """Classify each text with ``head`` (one name, or one name per text); results in ``texts`` order.
 
-        Each text is its own request, so the server's dynamic batcher can mix them with other
-        tenants' traffic. Raises the first ``HeadroomError`` unless ``return_errors``, in which
-        case failed items are returned in place as ``HeadroomError``.
+        Texts are sent in requests of ``batch_size`` texts of similar length (sorted by length,
+        ``concurrency`` requests in flight), which the server's dynamic batcher mixes with other
+        tenants' traffic. A request fails as a whole when one of its rows fails (the server names
+        the row): its texts are then sent again one per request, so every text gets its own answer
+        or error. Raises the first ``HeadroomError`` (in ``texts`` order) unless ``return_errors``,
+        in which case failed items are returned in place as ``HeadroomError``. ``progress`` shows a
+        bar on a terminal.
         """
         heads = [head] * len(texts) if isinstance(head, str) else list(head)
         if len(heads) != len(texts):
             raise ValueError(f"{len(texts)} texts but {len(heads)} head names")
-        calls = [
-            (
-                config.PIPELINE_MODEL,
-                [self._string_input("TEXT", [text]), self._string_input("HEAD", [name])],
-                ["LABEL", "SCORE", "PROBS", "LABELS"],
-            )
-            for text, name in zip(texts, heads, strict=True)
-        ]
-        results: list = []
-        for text, name, result in zip(texts, heads, self._run_all(calls), strict=True):
-            if isinstance(result, HeadroomError):
-                if not return_errors:
-                    raise result
-                results.append(result)
+        results: list = [None] * len(texts)
+
+        def call(rows: list[int]) -> tuple[str, list, list[str]]:
+            inputs = [
+                self._string_input("TEXT", [texts[row] for row in rows]),
+                self._string_input("HEAD", [heads[row] for row in rows]),
+            ]
+            return config.PIPELINE_MODEL, inputs, CLASSIFY_OUTPUTS
+
+        chunks = length_sorted_chunks(texts, batch_size)
+        again: list[int] = []
+        answers = self._run_all([call(rows) for rows in chunks], progress, [len(rows) for rows in chunks], "classify")
+        for rows, answer in zip(chunks, answers, strict=True):
+            if isinstance(answer, HeadroomError) and len(rows) > 1 and names_a_row(answer):
+                again.extend(rows)  # one bad row failed its request: ask for every row alone
+            elif isinstance(answer, HeadroomError):
+                for row in rows:
+                    results[row] = answer
             else:
-                results.append(self._to_classification(text, name, result))
+                for row, classification in zip(rows, to_classifications(answer, rows, texts, heads), strict=True):
+                    results[row] = classification
+        for row, answer in zip(again, self._run_all([call([row]) for row in again]), strict=True):
+            failed = isinstance(answer, HeadroomError)
+            results[row] = answer if failed else to_classifications(answer, [row], texts, heads)[0]
+        if not return_errors:
+            failed = next((result for result in results if isinstance(result, HeadroomError)), None)
+            if failed is not None:
+                raise failed
         return results
 
-    def _run_all(self, calls: list[tuple[str, list, list[str]]]) -> list:
+    def _run_all(
+        self,
+        calls: list[tuple[str, list, list[str]]],
+        progress: bool = False,
+        weights: list[int] | None = None,
+        description: str = "requests",
+    ) -> list:
         """Run every (model, inputs, outputs) call, ``concurrency`` at a time; results in order.
 
         Each item is tritonclient's result or a ``HeadroomError`` (timeouts included).
+        ``progress`` shows a bar on a terminal, advanced by each call's ``weights`` (texts).
         """
+        from tqdm import tqdm
+
+        weights = weights or [1] * len(calls)
         gate = threading.BoundedSemaphore(self.concurrency)
+        bar = tqdm(total=sum(weights), desc=description, unit="text", leave=False, disable=None if progress else True)
         futures = []
-        for model, inputs, outputs in calls:
+        for (model, inputs, outputs), weight in zip(calls, weights, strict=True):
             gate.acquire()
             future = self._submit(model, inputs, outputs)
-            future.add_done_callback(lambda _f: gate.release())
+
+            def done(_future: Future, weight: int = weight) -> None:
+                gate.release()
+                bar.update(weight)
+
+            future.add_done_callback(done)
             futures.append(future)
         results = []
         for future in futures:
@@ -262,34 +352,29 @@ class HeadroomClient:
                 results.append(exc)
             except TimeoutError:
                 results.append(HeadroomError(f"no answer within {self.timeout_s:.0f} s", "DEADLINE_EXCEEDED"))
+        bar.close()
         return results
 
-    @staticmethod
-    def _to_classification(text: str, head: str, result) -> Classification:
-        labels = [label.decode("utf-8") for label in result.as_numpy("LABELS").reshape(-1)]
-        probs = result.as_numpy("PROBS").reshape(-1)
-        return Classification(
-            text=text,
-            head=head,
-            label=result.as_numpy("LABEL").reshape(-1)[0].decode("utf-8"),
-            score=float(result.as_numpy("SCORE").reshape(-1)[0]),
-            probabilities=dict(zip(labels, (float(p) for p in probs), strict=True)),
-        )
+    def embed(
+        self, texts: Sequence[str], batch_size: int = config.EMBED_BATCH_SIZE, progress: bool = False
+    ) -> np.ndarray:
+        """Sentence embeddings from the served encoder (model ``embed``): FP32 [len(texts), 384].
 
-    def embed(self, texts: Sequence[str], batch_size: int = config.EMBED_BATCH_SIZE) -> np.ndarray:
-        """Sentence embeddings from the served encoder (model ``embed``): FP32 [len(texts), 384]."""
+        Texts are sent in requests of ``batch_size`` texts of similar length, ``concurrency`` at a
+        time; rows come back in ``texts`` order. ``progress`` shows a bar on a terminal.
+        """
+        chunks = length_sorted_chunks(texts, batch_size)
         calls = [
-            (config.EMBED_MODEL, [self._string_input("TEXT", texts[start : start + batch_size])], [EMBEDDING])
-            for start in range(0, len(texts), batch_size)
+            (config.EMBED_MODEL, [self._string_input("TEXT", [texts[row] for row in rows])], [EMBEDDING])
+            for rows in chunks
         ]
-        chunks = []
-        for result in self._run_all(calls):
+        embeddings = np.zeros((len(texts), config.EMBEDDING_DIM), dtype=np.float32)
+        answers = self._run_all(calls, progress, [len(rows) for rows in chunks], "embedding")
+        for rows, result in zip(chunks, answers, strict=True):
             if isinstance(result, HeadroomError):
                 raise result
-            chunks.append(result.as_numpy(EMBEDDING))
-        if not chunks:
-            return np.zeros((0, config.EMBEDDING_DIM), dtype=np.float32)
-        return np.concatenate(chunks).astype(np.float32, copy=False)
+            embeddings[rows] = result.as_numpy(EMBEDDING)
+        return embeddings
 
     # --- heads and model control -------------------------------------------------------------
     def is_head_ready(self, name: str) -> bool:
@@ -343,13 +428,15 @@ class HeadroomClient:
         except Exception as exc:
             raise self._control_error(f"load of {model_name}", exc) from exc
 
-    def onboard(self, name: str, data_file: str | Path) -> OnboardResult:
+    def onboard(self, name: str, data_file: str | Path, progress: bool = False) -> OnboardResult:
         """Train head ``name`` on ``data_file`` with the served encoder, store it, load it, verify it.
 
         The name and the training file are checked before anything else, the trained head like
         any ready-made one (``onboard_model``) before it is written. A new version of an existing
         head is loaded while the previous one keeps serving; the previous version's files are
         archived once the new one has answered. What fails to load or to answer is taken back out.
+        ``progress``: a bar while embedding (on a terminal) and a log line (logger
+        ``client.headroom_client``, INFO) after each step.
         """
         from export.datasets import load_labelled_file
         from export.encoder import read_encoder_info
@@ -360,19 +447,32 @@ class HeadroomClient:
         head_model_name(name)  # InvalidHeadName before anything else
         data = load_labelled_file(data_file)  # DatasetError before any embedding
         fingerprint = read_encoder_info(self.repository)["fingerprint"]
+        timings = {"reading": time.perf_counter() - started}
+        _report(progress, f"{name}: read {len(data.texts)} examples of {len(data.classes)} classes", timings["reading"])
         # Embedding (through the server) and fitting happen outside every lock.
-        head = train_from_file(data, Path(data_file), self.embed)
+        head = train_from_file(data, Path(data_file), partial(self.embed, progress=progress))
+        timings["embedding"] = float(head.metrics["embedding_seconds"])
+        timings["fitting"] = float(head.metrics["fitting_seconds"])
+        _report(progress, f"{name}: embedded {len(data.texts)} texts through the server", timings["embedding"])
+        _report(
+            progress,
+            f"{name}: fitted on {head.metrics['train_examples']}, hold-out accuracy "
+            f"{head.metrics['holdout_accuracy']:.3f} on {head.metrics['holdout_examples']}, refitted on all",
+            timings["fitting"],
+        )
+        checking = time.perf_counter()
         checked = self._check(name, exported_head(head, fingerprint), head.labels, fingerprint, fingerprint)
+        timings["checking"] = time.perf_counter() - checking
         info = head_info(fingerprint, head.metrics, str(data_file))
-        version, first_answer = self._install(name, checked, info, probe_text=data.texts[0])
-        # training_seconds (embedding through the server + fitting) is measured by train_head.
+        version = self._install(name, checked, info, probe_text=data.texts[0], timings=timings, progress=progress)
         return OnboardResult(
             name,
             version,
             head.metrics,
             time.perf_counter() - started,
-            float(head.metrics["training_seconds"]),
-            first_answer,
+            timings["embedding"] + timings["fitting"],
+            timings["loading"] + timings["first_answer"],
+            timings,
         )
 
     def onboard_model(
@@ -409,10 +509,13 @@ class HeadroomClient:
             except HeadValidationError as exc:
                 raise HeadRefused(f"head {name!r} refused: {exc}") from exc
         served = read_encoder_info(self.repository)["fingerprint"]
+        timings = {"reading": time.perf_counter() - started}
         checked = self._check(name, model_bytes, labels, served, encoder_fingerprint)
+        timings["checking"] = time.perf_counter() - started - timings["reading"]
         info = head_info(checked.encoder_fingerprint, checked.metrics, source)
-        version, first_answer = self._install(name, checked, info, probe_text=config.ONBOARD_PROBE_TEXT)
-        return OnboardResult(name, version, checked.metrics, time.perf_counter() - started, 0.0, first_answer)
+        version = self._install(name, checked, info, probe_text=config.ONBOARD_PROBE_TEXT, timings=timings)
+        first_answer = timings["loading"] + timings["first_answer"]
+        return OnboardResult(name, version, checked.metrics, time.perf_counter() - started, 0.0, first_answer, timings)
 
     def _check(self, name: str, model_bytes: bytes, labels, served: str, encoder_fingerprint: str | None):
         """``export.validation.check_head`` against this repository's executor; ``HeadRefused`` if it fails."""
@@ -436,31 +539,40 @@ class HeadroomClient:
             stack.enter_context(self._control_lock)
             yield
 
-    def _install(self, name: str, checked, info: dict, probe_text: str) -> tuple[int, float]:
+    def _install(
+        self, name: str, checked, info: dict, probe_text: str, timings: dict[str, float], progress: bool = False
+    ) -> int:
         """Write a checked head (new, or the next version), load it, verify its first answer.
 
-        Returns (version, seconds from ``load_model`` to the verified answer). Whatever fails after
-        the write is withdrawn (``_withdraw``) before the error is raised; older versions are
-        archived only once the new one has answered.
+        Returns the version; adds ``writing``, ``loading`` and ``first_answer`` to ``timings``.
+        Whatever fails after the write is withdrawn (``_withdraw``) before the error is raised;
+        older versions are archived only once the new one has answered.
         """
         from export import head_store
 
         model_name = head_model_name(name)
         with self._head_lock(name):
+            writing = time.perf_counter()
             stored = head_store.write_head_model(
                 name, checked.model_bytes, checked.labels, info, self.repository, self.state_dir
             )
             loading = time.perf_counter()
+            timings["writing"] = loading - writing
             try:
                 self._load(model_name)
+                answering = time.perf_counter()
+                timings["loading"] = answering - loading
                 self._verify(stored, checked.labels, probe_text)
             except Exception as exc:  # a failed load, a wrong or missing answer, a dead server
                 raise self._withdraw(stored, exc) from exc
-            first_answer = time.perf_counter() - loading
+            timings["first_answer"] = time.perf_counter() - answering
+            _report(progress, f"{name}: wrote version {stored.version}", timings["writing"])
+            _report(progress, f"{name}: loaded {model_name}", timings["loading"])
+            _report(progress, f"{name}: first answer verified through {config.PIPELINE_MODEL}", timings["first_answer"])
             head_store.archive_old_versions(
                 name, keep=stored.version, repository=self.repository, state_dir=self.state_dir
             )
-        return stored.version, first_answer
+        return stored.version
 
     def _verify(self, stored, labels: list[str], text: str) -> None:
         """The head just loaded must answer ``text`` through ``pipeline`` with its own labels."""

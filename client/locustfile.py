@@ -12,7 +12,8 @@ Two user classes of equal weight, each sending requests back to back (no think t
   gevent), each call reported to locust's ``request`` event; stats type ``grpc``.
 
 Traffic is ``client.traffic.TrafficMix``: Zipf-popular tenants over every head the server reports
-READY in its repository index (read once per process when the test starts), uniform demo texts, and
+READY in its repository index (read once per process when the test starts), texts of real length
+drawn uniformly from ``client.traffic.real_text_mix`` (utterances, sentences, paragraphs), and
 a share of requests (2 % by default) naming a head that does not exist. Those must fail with
 NOT_FOUND / 404 "... is not loaded", and that failure is recorded as a *success* under the name
 ``pipeline [expected failure]``; if one succeeds, or fails otherwise, it is a failure there. Normal
@@ -43,7 +44,7 @@ from locust.runners import MasterRunner, WorkerRunner
 from locust.stats import PERCENTILES_TO_REPORT, StatsCSV
 
 from client.headroom_client import bytes_input, default_http_url, message_of, parse_url, status_of
-from client.traffic import EXPECTED_FAILURE_SHARE, TrafficMix, demo_texts
+from client.traffic import EXPECTED_FAILURE_SHARE, TrafficMix, real_text_mix
 from headroom import config
 from headroom.admin_key import admin_headers, load_admin_key
 from headroom.naming import head_name_of
@@ -180,7 +181,7 @@ def traffic(environment, refresh: bool = False) -> _Traffic:
             if not heads:
                 raise RuntimeError(f"{url} reports no READY head (models head_<name>)")
             share = _failure_share(environment)
-            _traffic = _Traffic(heads, demo_texts(), share)
+            _traffic = _Traffic(heads, real_text_mix(), share)
             log.info(
                 "traffic: %d heads (%s), %d texts, %.1f %% to an unknown head",
                 len(heads),

@@ -1,15 +1,21 @@
 """Synthetic multi-tenant traffic shared by the locust file and the benchmarks.
 
 Tenants are drawn with Zipf popularity (weight of the k-th most popular tenant ~ 1 / k**s,
-s = 1.1 by default), texts uniformly from the demo tenants' training files, and a small share
-of requests name a head that does not exist: those must fail (with NOT_FOUND) and are counted
-as *expected* failures.
+s = 1.1 by default), texts uniformly from a list, and a small share of requests name a head
+that does not exist: those must fail (with NOT_FOUND) and are counted as *expected* failures.
+
+Texts: ``demo_texts`` (the demo tenants' training files: short utterances) or
+``real_text_mix``, texts of real length: mostly such utterances, then longer sentences and
+whole paragraphs of English prose from the Python documentation that every CPython ships
+(``pydoc_data.topics``, the text of ``help()``), so the lengths are long-tailed as real traffic
+is (p50 11, p90 43, p99 132 tokens, a few truncated at 256).
 """
 
 from __future__ import annotations
 
 import json
 import random
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,6 +49,28 @@ def demo_texts(limit: int | None = None) -> list[str]:
     if not texts:
         raise FileNotFoundError("no demo data found: run `make heads` first")
     return texts[:limit] if limit else texts
+
+
+#: Shares of ``real_text_mix``: short utterances, prose sentences, prose paragraphs.
+MIX_SHARES = (0.75, 0.2, 0.05)
+MIX_SIZE = 2000
+MIX_SEED = 0
+SENTENCE_MIN_CHARS = 30
+
+
+def prose_sentences(paragraphs: Sequence[str]) -> list[str]:
+    sentences = (s for p in paragraphs for s in re.split(r"(?<=[.!?])\s+", p) if len(s) >= SENTENCE_MIN_CHARS)
+    return list(dict.fromkeys(sentences))
+
+
+def real_text_mix(size: int = MIX_SIZE, seed: int = MIX_SEED, shares: Sequence[float] = MIX_SHARES) -> list[str]:
+    """``size`` texts of real, long-tailed length (see the module docstring), always the same for a seed."""
+    from export.demo import prose_paragraphs
+
+    paragraphs = prose_paragraphs()
+    pools = (demo_texts(), prose_sentences(paragraphs), paragraphs)
+    rng = random.Random(seed)
+    return [rng.choice(rng.choices(pools, weights=shares, k=1)[0]) for _ in range(size)]
 
 
 @dataclass(frozen=True)

@@ -4,6 +4,11 @@
   ``chatterbot-corpus`` package: every utterance of a topic file is labelled with that topic.
 - ``smart_home`` is an intent-style tenant written for this project (``export/data/smart_home.jsonl``:
   400 utterances over 10 intents).
+
+``prose_paragraphs`` is the longer real text that ships with every CPython: the paragraphs of
+the Python documentation behind ``help()`` (``pydoc_data.topics``). Static quantisation
+calibrates on part of it (``export.encoder.calibration_texts``); the traffic of texts of real
+length draws from it (``client.traffic.real_text_mix``).
 """
 
 from __future__ import annotations
@@ -68,3 +73,20 @@ def write_demo_data(destination: Path = config.BUILD_DIR / "demo_data") -> list[
         tenants.append(DemoTenant(name, path))
     tenants += [DemoTenant(name, path) for name, path in FILE_TENANTS.items()]
     return tenants
+
+
+def prose_paragraphs() -> list[str]:
+    """Prose paragraphs of Python's own documentation (``pydoc_data.topics``), code blocks left out.
+
+    Distinct, whitespace-normalised, at least 8 words, in a fixed order (sorted topic names).
+    """
+    import re
+    from pydoc_data.topics import topics
+
+    paragraphs: dict[str, None] = {}
+    for name in sorted(topics):
+        for block in re.split(r"\n\s*\n", topics[name]):
+            text = " ".join(block.split())
+            if not block.startswith(" ") and len(text.split()) >= 8:  # indented blocks are code
+                paragraphs[text] = None
+    return list(paragraphs)

@@ -142,6 +142,20 @@ def read_head_info(name: str, repository: Path = config.MODEL_REPOSITORY) -> dic
     return json.loads((model_dir / str(versions[-1]) / HEAD_INFO_FILE).read_text())
 
 
+def heads_trained_for(fingerprint: str, repository: Path = config.MODEL_REPOSITORY) -> list[str]:
+    """Heads of the repository whose newest version was trained against encoder ``fingerprint``."""
+    names = []
+    for model in head_models_in(repository):
+        name = model[len(config.HEAD_MODEL_PREFIX) :]
+        try:
+            info = read_head_info(name, repository)
+        except (OSError, ValueError):
+            continue
+        if info.get("encoder_fingerprint") == fingerprint:
+            names.append(name)
+    return names
+
+
 def _fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:

@@ -31,13 +31,13 @@ def _env_int(name: str, default: int) -> int:
 
 # --- model names (the model repository's folder names) -------------------------------------
 ENCODER_MODEL = "encoder"
-TOKENIZER_MODEL = "tokenizer"
+#: Texts -> sentence embeddings: tokenizes, groups texts of similar length, calls the encoder per group.
 EMBED_MODEL = "embed"
 PIPELINE_MODEL = "pipeline"
 #: Runs every head; each head is registered as an ensemble ``head_<name>`` with one step into it.
 EXECUTOR_MODEL = "executor"
 #: In load order: a model's dependencies come before it.
-SYSTEM_MODELS = (ENCODER_MODEL, TOKENIZER_MODEL, EMBED_MODEL, EXECUTOR_MODEL, PIPELINE_MODEL)
+SYSTEM_MODELS = (ENCODER_MODEL, EMBED_MODEL, EXECUTOR_MODEL, PIPELINE_MODEL)
 #: Heads are Triton models named ``head_<name>``; clients and ``pipeline`` use ``<name>``.
 HEAD_MODEL_PREFIX = "head_"
 
@@ -45,9 +45,15 @@ HEAD_MODEL_PREFIX = "head_"
 EMBEDDING_DIM = 384
 #: Maximum tokens per text, [CLS] and [SEP] included (sentence-transformers' value for MiniLM).
 MAX_SEQ_LEN_TOKENS = 256
-ENCODER_VARIANTS = ("fp32", "int8")
-#: Which exported encoder ``make serve`` places in the repository (README: "Choosing the encoder").
-ENCODER_VARIANT = os.environ.get("HEADROOM_ENCODER_VARIANT", "fp32")
+#: fp32; int8: dynamic quantisation (activation scales per batch); int8-static: static quantisation
+#: (activation ranges calibrated on real text, answers independent of the batch). README "Choosing the encoder".
+ENCODER_VARIANTS = ("fp32", "int8", "int8-static")
+#: Variants whose answer for a text does not depend on its batch-mates or padding (to 1e-5): their
+#: activation scales are fixed (fp32: none). Dynamic int8 computes scales per batch.
+BATCH_INDEPENDENT_VARIANTS = ("fp32", "int8-static")
+#: Which exported encoder ``make serve`` places in the repository (README: "Choosing the encoder"):
+#: int8-static, about twice fp32's speed with answers as batch-independent as fp32's (<= 1e-5).
+ENCODER_VARIANT = os.environ.get("HEADROOM_ENCODER_VARIANT", "int8-static")
 #: Metadata written next to the served encoder: fingerprint, variant, dimensions.
 ENCODER_INFO_FILE = "encoder.json"
 TOKENIZER_FILE = "tokenizer.json"
@@ -55,7 +61,7 @@ ENCODER_VERSION = "1"
 
 # --- paths -----------------------------------------------------------------------------------
 MODEL_REPOSITORY = _env_path("HEADROOM_MODEL_REPOSITORY", PROJECT_ROOT / "model_repository")
-#: Exported encoder variants (both fp32 and int8) before one is copied into the repository.
+#: Exported encoder variants (every one of ENCODER_VARIANTS) before one is copied into the repository.
 BUILD_DIR = _env_path("HEADROOM_BUILD_DIR", PROJECT_ROOT / "build")
 
 
@@ -88,6 +94,13 @@ JEMALLOC_PATHS = (
     "/usr/lib64/libjemalloc.so.2",
     "/usr/lib/libjemalloc.so.2",
 )
+#: glibc malloc arenas for tritonserver and its stubs when jemalloc is not preloaded (env
+#: HEADROOM_MALLOC_ARENA_MAX; 0 leaves glibc's default of 8 per core; an explicit MALLOC_ARENA_MAX
+#: in the environment wins). Each ``load_model`` with 10,000 heads loaded passes through ~100 MiB
+#: of short-lived allocations, and glibc keeps the peak of every arena they ran in: with its 16
+#: arenas (2 cores) 20 onboardings over gRPC left tritonserver ~1.7 GB larger, with one arena
+#: 30-35 MiB (``server.triton.glibc_malloc_settings``).
+MALLOC_ARENA_MAX = _env_int("HEADROOM_MALLOC_ARENA_MAX", 1)
 #: Triton's --log-verbose level.
 SERVER_LOG_VERBOSE = _env_int("HEADROOM_LOG_VERBOSE", 0)
 
@@ -116,10 +129,14 @@ ADMIN_KEY_FILE = admin_key_file_for(STATE_DIR)
 #: ``http://host:port`` or ``grpc://host:port``; the scheme picks the protocol.
 DEFAULT_URL = os.environ.get("HEADROOM_URL", f"http://{HOST}:{HTTP_PORT}")
 CLIENT_TIMEOUT_S = _env_int("HEADROOM_CLIENT_TIMEOUT_S", 60)
-#: Requests in flight at once when classifying many texts.
+#: Requests in flight at once when classifying or embedding many texts.
 CLIENT_CONCURRENCY = _env_int("HEADROOM_CLIENT_CONCURRENCY", 16)
-#: Texts per ``embed`` request when training a head through the server.
+#: Texts per ``pipeline`` request of ``classify`` (sent in chunks of similar length).
+CLIENT_BATCH_SIZE = _env_int("HEADROOM_CLIENT_BATCH_SIZE", 32)
+#: Texts per ``embed`` request of ``embed`` (head training through the server included).
 EMBED_BATCH_SIZE = _env_int("HEADROOM_EMBED_BATCH_SIZE", 32)
+#: ``headroom classify --input`` classifies this many records at a time (bounds the client's memory).
+CLI_BLOCK_TEXTS = _env_int("HEADROOM_CLI_BLOCK_TEXTS", 4096)
 #: How long ``offboard`` waits for Triton to report an unloaded head no longer READY.
 LOAD_TIMEOUT_S = _env_int("HEADROOM_LOAD_TIMEOUT_S", 120)
 #: How long onboarding/offboarding waits for another one of the same head name (on this host,

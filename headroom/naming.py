@@ -6,7 +6,7 @@ digits, ``_`` and ``-``, starting with a letter or digit, and not one of the sys
 ``tokenizer``, ``embed``, ``pipeline``). Because the pipeline only ever adds
 the ``head_`` prefix to a name that matches this rule, ``HEAD`` can never reach ``encoder``,
 ``pipeline`` or any other non-head model. The same rule is enforced server-side in
-``model_repository/pipeline/1/head_dispatch.py`` (a test keeps the two identical).
+``model_repository/executor/1/head_files.py`` (a test keeps the two identical).
 """
 
 from __future__ import annotations
@@ -18,7 +18,9 @@ from headroom.config import HEAD_MODEL_PREFIX, SYSTEM_MODELS
 
 HEAD_NAME_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,47}$"
 #: Names refused even though they match the pattern, so nobody mistakes a head for these.
-RESERVED_HEAD_NAMES = frozenset(SYSTEM_MODELS)
+#: ``tokenizer`` was a system model until the ``embed`` model took over tokenization; it stays
+#: refused, so no name that was refused before becomes valid.
+RESERVED_HEAD_NAMES = frozenset({*SYSTEM_MODELS, "tokenizer"})
 _HEAD_NAME = re.compile(HEAD_NAME_PATTERN)
 
 

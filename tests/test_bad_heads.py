@@ -27,7 +27,7 @@ from export import head_store, validation
 from export.datasets import DatasetError
 from export.encoder import read_encoder_info
 from headroom import config
-from headroom.naming import InvalidHeadName
+from headroom.naming import RESERVED_HEAD_NAMES, InvalidHeadName
 
 from .conftest import DEMO_HEADS
 from .onnx_heads import OTHER_ENCODER, changes, graph_head, linear_head, snapshot, write_head_files
@@ -186,7 +186,7 @@ def test_bad_names_are_refused_before_anything(triton, served_fingerprint, uncha
     onnx_file, labels_file = write_head_files(tmp_path, "h", *linear_head(2, fingerprint=served_fingerprint))
     data = tmp_path / "data.jsonl"
     data.write_text("".join(json.dumps({"text": f"t{i}", "label": "ab"[i % 2]}) + "\n" for i in range(8)))
-    rule = "is a system model" if name in config.SYSTEM_MODELS else "invalid head name"
+    rule = "is a system model" if name in RESERVED_HEAD_NAMES else "invalid head name"
     with triton.client() as client:
         with pytest.raises(InvalidHeadName, match=rule):
             client.onboard_model(name, onnx_file, labels_file)

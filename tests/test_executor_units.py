@@ -91,16 +91,88 @@ def test_trained_heads_and_matmul_heads_are_recognised_as_linear(executor_module
     assert resident_heads.linear_parameters(onnx.load_from_string(mlp_head(3, seed=3)[0])) is None
 
 
-def test_a_bank_grows_and_reuses_freed_slots(executor_modules):
+def test_a_bank_grows_by_a_quarter_and_stays_dense(executor_modules):
     resident_heads, _, _ = executor_modules
-    bank = resident_heads.LinearBank(classes=3, dim=DIM, slots=2)
-    slots = [bank.add(np.full((3, DIM), i, np.float32), np.zeros(3, np.float32)) for i in range(3)]
-    assert sorted(slots) == [0, 1, 2] and bank.capacity == 4 and bank.used == 3
+    bank = resident_heads.LinearBank(classes=3, dim=DIM)
+    slots = [bank.add(np.full((3, DIM), i, np.float32), np.full(3, i, np.float32), owner=i) for i in range(9)]
+    # One slot at a time below 4 heads, then a quarter more: 1, 2, 3, 4, 5, 6, 7, 8, 10.
+    assert slots == list(range(9)) and bank.capacity == 10 and bank.used == 9
     # Growing kept what the first slots held.
-    assert [float(bank.weights[slot, 0, 0]) for slot in slots] == [0.0, 1.0, 2.0]
-    bank.release(slots[1])
-    assert bank.used == 2
-    assert bank.add(np.zeros((3, DIM), np.float32), np.zeros(3, np.float32)) == slots[1]
+    assert [float(bank.weights[slot, 0, 0]) for slot in slots] == [float(i) for i in range(9)]
+    # Releasing slot 2 moves the last head (owner 8) into it.
+    assert bank.release(2) == 8
+    assert bank.used == 8 and float(bank.weights[2, 0, 0]) == 8.0 and float(bank.biases[2, 0]) == 8.0
+    assert bank.release(bank.used - 1) is None  # the last slot: nothing moves
+    assert bank.add(np.zeros((3, DIM), np.float32), np.zeros(3, np.float32)) == 7
+    with pytest.raises(ValueError, match="not in use"):
+        bank.release(8)
+
+
+def test_bank_arrays_stay_within_the_growth_factor_of_their_weights(executor_modules):
+    """Any sequence of adds and releases: allocated bytes <= BANK_GROWTH x the weights held, each
+    head's parameters still in its own slot, and the arrays resized a number of times that grows
+    with the log of the heads, not with the heads."""
+    resident_heads, _, _ = executor_modules
+    growth = resident_heads.BANK_GROWTH
+    assert growth <= 1.25
+    bank = resident_heads.LinearBank(classes=2, dim=DIM)
+    rng = np.random.default_rng(7)
+    slot_of: dict[int, int] = {}  # owner -> slot, kept as ``HeadResidency`` keeps it
+    resizes, capacity = 0, bank.capacity
+
+    def check() -> None:
+        nonlocal resizes, capacity
+        resizes += bank.capacity != capacity
+        capacity = bank.capacity
+        assert bank.capacity <= max(bank.used, int(growth * bank.used))
+        assert bank.allocated_bytes <= growth * bank.held_bytes
+        owners_held = np.array(list(slot_of), dtype=np.float32)
+        slots = np.array(list(slot_of.values()), dtype=np.int64)
+        assert sorted(slots.tolist()) == list(range(bank.used))
+        np.testing.assert_array_equal(bank.weights[slots, 0, 0], owners_held)
+        np.testing.assert_array_equal(bank.biases[slots, 1], owners_held)
+
+    owners = iter(range(1, 10**6))
+    for _ in range(1000):  # 1,000 heads arrive
+        owner = next(owners)
+        slot_of[owner] = bank.add(np.full((2, DIM), owner, np.float32), np.full(2, owner, np.float32), owner)
+        check()
+    assert resizes <= 35  # one slot at a time up to 4, then log(1000 / 4) / log(1.25) = 25 more
+    for step in range(4000):  # churn: heads leave and arrive, fewer over time, then more again
+        leave = rng.random() < (0.7 if step < 2000 else 0.3)
+        if leave and slot_of:
+            slot = slot_of.pop(list(slot_of)[int(rng.integers(len(slot_of)))])
+            moved = bank.release(slot)
+            if moved is not None:
+                slot_of[moved] = slot
+        else:
+            owner = next(owners)
+            slot_of[owner] = bank.add(np.full((2, DIM), owner, np.float32), np.full(2, owner, np.float32), owner)
+        check()
+    assert resizes <= 200  # of 5,000 steps
+
+
+def test_released_heads_free_their_arrays_and_the_others_still_answer(executor_modules):
+    resident_heads, _, _ = executor_modules
+    heads = {key: linear_head(3, 100 + key) for key in range(40)}
+    residency = resident_heads.HeadResidency(budget_bytes=1 << 20, dim=DIM)
+    residency.acquire(list(heads), heads.__getitem__)
+    stats = residency.stats()
+    assert stats.stacked_bytes == stats.resident_bytes == 40 * (3 * DIM * 4 + 3 * 4)
+    assert stats.allocated_bytes <= resident_heads.BANK_GROWTH * stats.stacked_bytes
+    for key in range(0, 40, 3):  # slots move as heads leave
+        assert residency.release(key)
+    stats = residency.stats()
+    assert stats.allocated_bytes <= resident_heads.BANK_GROWTH * stats.stacked_bytes
+    kept = [key for key in heads if key % 3]
+    loaded = residency.acquire(kept, heads.__getitem__)
+    x = embeddings(len(kept))
+    out = resident_heads.run_rows(x, [loaded[key] for key in kept])
+    for row, key in enumerate(kept):
+        np.testing.assert_allclose(out[row], run_alone(heads[key][0], x[row : row + 1])[0], atol=1e-6)
+    for key in kept:
+        residency.release(key)
+    assert residency.stats().allocated_bytes == 0  # an empty bank is dropped
 
 
 def test_mixed_batch_equals_each_head_run_alone(executor_modules):

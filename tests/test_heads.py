@@ -204,3 +204,28 @@ def test_clean_staging_removes_only_abandoned_leftovers(tmp_path):
     os.utime(old, (stale, stale))
     assert head_store.clean_staging(tmp_path) == 1
     assert os.listdir(tmp_path / "staging") == ["head_y.456"]
+
+
+def test_export_keeps_the_encoder_that_onboarded_heads_were_trained_for(tmp_path, capsys):
+    """Switching the served encoder would strand every onboarded head (refused: "onboard it again")."""
+    from client.cli import main
+    from export.encoder import install_encoder, read_encoder_info
+
+    repository, state = tmp_path / "model_repository", tmp_path / ".headroom"
+    installed = install_encoder("fp32", repository)
+    head = train_head(dataset(), fake_embedder())
+    head_store.write_head("acme", head, installed["fingerprint"], repository=repository, state_dir=state)
+    head_store.write_head("smart_home", head, installed["fingerprint"], repository=repository, state_dir=state)
+
+    assert main(["--repository", str(repository), "export", "--variant", "int8"]) == 0
+    assert read_encoder_info(repository)["fingerprint"] == installed["fingerprint"]  # kept
+    warning = capsys.readouterr().err
+    assert "keeping the installed fp32 variant, not int8: 1 onboarded head(s) were trained for it (acme)" in warning
+    assert "--switch-encoder" in warning and "smart_home" not in warning  # demo heads are retrained
+
+    assert main(["--repository", str(repository), "export", "--variant", "int8", "--switch-encoder"]) == 0
+    assert read_encoder_info(repository)["variant"] == "int8"
+    assert head_store.heads_trained_for(installed["fingerprint"], repository) == ["acme", "smart_home"]
+    # Nothing onboarded against the installed encoder: the variant switches without a word.
+    assert main(["--repository", str(repository), "export", "--variant", "fp32"]) == 0
+    assert read_encoder_info(repository)["variant"] == "fp32"

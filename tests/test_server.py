@@ -8,11 +8,9 @@ import sys
 import threading
 import time
 import urllib.request
-from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
-import onnxruntime as ort
 import pytest
 import tritonclient.grpc as triton_grpc
 import tritonclient.http as triton_http
@@ -24,6 +22,7 @@ from export.head_store import versions_of
 from headroom import config
 
 from .conftest import DEMO_HEADS
+from .reference import offline
 
 pytestmark = pytest.mark.integration
 
@@ -33,21 +32,6 @@ PROBES = {
     "lifestyle": ["what is your favorite food", "do you like football", "how much money do you have"],
     "smalltalk": ["hello there", "tell me a joke", "are you a robot"],
 }
-
-
-@lru_cache(maxsize=4)
-def _embedder(repository: Path) -> RepositoryEmbedder:
-    return RepositoryEmbedder(repository, batch_size=1)
-
-
-def offline(repository: Path, head: str, texts: list[str]) -> tuple[list[str], np.ndarray]:
-    """Labels and probabilities from the repository's encoder and head ONNX files, run alone."""
-    folder = repository / f"head_{head}"
-    version = folder / str(versions_of(folder)[-1])
-    session = ort.InferenceSession(str(version / "model.onnx"), providers=["CPUExecutionProvider"])
-    embeddings = _embedder(repository)(texts)
-    probs = session.run(["probabilities"], {"sentence_embedding": embeddings})[0]
-    return (version / "labels.txt").read_text().split(), probs
 
 
 def raw_inputs(module, text=None, head=None):
@@ -111,14 +95,14 @@ def test_mixed_tenant_concurrent_requests_come_back_from_the_right_head(triton):
     key = triton.admin_headers()  # statistics are part of the protected control plane
     before = _pipeline_stats(triton.http_url, key)
     with triton.client(triton.grpc_url, concurrency=64) as client:
-        results = client.classify(texts, heads)
+        results = client.classify(texts, heads, batch_size=1)  # one text per request
     # Triton updates statistics just after sending responses: poll briefly for the last ones.
     deadline = time.monotonic() + 10
     while (after := _pipeline_stats(triton.http_url, key))[0] - before[0] < len(texts) and time.monotonic() < deadline:
         time.sleep(0.05)
     position = dict.fromkeys(PROBES, 0)
-    # fp32 answers do not depend on batch-mates; int8's dynamic activation scales do (README).
-    tolerance = 1e-4 if _served_variant(triton.repository) == "fp32" else 0.35
+    # fp32 and int8-static answers do not depend on batch-mates; dynamic int8's scales do (README).
+    tolerance = 1e-4 if _served_variant(triton.repository) in config.BATCH_INDEPENDENT_VARIANTS else 0.35
     for text, head, result in zip(texts, heads, results, strict=True):
         labels, probs = expected[head]
         row = probs[position[head]]
@@ -147,7 +131,8 @@ def test_bad_requests_fail_alone_with_clear_errors(triton):
     }
     requests = good[:6] + list(bad) + good[6:]
     with triton.client(triton.http_url, concurrency=len(requests)) as client:
-        results = client.classify([t for t, _ in requests], [h for _, h in requests], return_errors=True)
+        texts, heads = [t for t, _ in requests], [h for _, h in requests]
+        results = client.classify(texts, heads, return_errors=True, batch_size=1)  # one text per request
     for (text, head), result in zip(requests, results, strict=True):
         if (text, head) in bad:
             status, message = bad[(text, head)]
@@ -195,8 +180,8 @@ def test_embed_returns_the_served_encoders_embeddings(triton):
     texts = ["hello world", "turn on the lights in the living room please"]
     with triton.client() as client:
         served = client.embed(texts)
-    # Same texts in one batch as the server saw them (int8 activation scales depend on the batch).
-    expected = RepositoryEmbedder(triton.repository, batch_size=len(texts))(texts)
+    # Grouped as the server groups them (dynamic int8's activation scales depend on the batch).
+    expected = RepositoryEmbedder(triton.repository)(texts)
     assert served.shape == (2, config.EMBEDDING_DIM)
     np.testing.assert_allclose(served, expected, atol=1e-5)
     np.testing.assert_allclose(np.linalg.norm(served, axis=1), 1.0, atol=1e-4)
@@ -322,7 +307,7 @@ def test_many_rows_of_one_unknown_head_in_a_batch_fail_alone(triton):
     heads = ["no_such_head" if i % 2 else "smart_home" for i in range(48)]
     with triton.client(triton.grpc_url, concurrency=48) as client:
         for _ in range(3):
-            results = client.classify(texts, heads, return_errors=True)
+            results = client.classify(texts, heads, return_errors=True, batch_size=1)
             for head, result in zip(heads, results, strict=True):
                 if head == "no_such_head":
                     assert isinstance(result, HeadroomError) and "head 'no_such_head' is not loaded" in str(result)

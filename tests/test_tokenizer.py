@@ -1,8 +1,6 @@
-"""Unit tests of the served tokenizer's helper (model_repository/tokenizer/1/text_tokenizer.py)."""
+"""Unit tests of the served tokenizer's helper (model_repository/embed/1/text_tokenizer.py)."""
 
 from __future__ import annotations
-
-import re
 
 import numpy as np
 import pytest
@@ -54,12 +52,28 @@ def test_matches_the_reference_tokenizer(tokenizer):
 def test_empty_batch(tokenizer):
     ids, mask = tokenizer([])
     assert ids.shape == (0, 0) and mask.shape == (0, 0)
+    assert len(tokenizer.encode([])) == 0
+
+
+def test_encode_keeps_each_text_unpadded_and_pads_a_group_to_its_own_longest(tokenizer):
+    texts = ["hi", "turn on the lights in the kitchen please", "ok then", "word " * 1000]
+    tokens = tokenizer.encode(texts)
+    assert tokens.lengths.tolist() == [3, 10, 4, config.MAX_SEQ_LEN_TOKENS]
+    ids, mask = tokens.padded([2, 0])  # rows in the order asked for, padded to the longer of the two
+    assert ids.shape == mask.shape == (2, 4)
+    np.testing.assert_array_equal(mask, [[1, 1, 1, 1], [1, 1, 1, 0]])
+    np.testing.assert_array_equal(ids[0], tokens.ids[2])
+    np.testing.assert_array_equal(ids[1, :3], tokens.ids[0])
+    full_ids, full_mask = tokenizer(texts)  # all rows, padded to the longest: the reference layout
+    np.testing.assert_array_equal(full_ids[2, :4], ids[0])
+    assert full_ids.shape == (4, config.MAX_SEQ_LEN_TOKENS)
 
 
 def test_served_config_truncates_where_the_project_says(module):
-    text = (config.MODEL_REPOSITORY / config.TOKENIZER_MODEL / "config.pbtxt").read_text()
-    value = re.search(r'key: "max_length"\s*value: \{ string_value: "(\d+)" \}', text).group(1)
-    assert int(value) == config.MAX_SEQ_LEN_TOKENS
+    from export.embeddings import model_parameters
+
+    parameters = model_parameters(config.MODEL_REPOSITORY / config.EMBED_MODEL / "config.pbtxt")
+    assert int(parameters["max_length"]) == config.MAX_SEQ_LEN_TOKENS
 
 
 def test_finds_the_newest_encoder_version_with_a_tokenizer(module, tmp_path):

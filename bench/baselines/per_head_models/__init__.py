@@ -13,7 +13,7 @@ What is kept here, verbatim from commit c4971b3:
 - ``HEAD_CONFIG_TEMPLATE``: that design's per-head ``config.pbtxt``.
 
 ``lay_out_repository`` builds a complete model repository for it in a folder of your choice:
-the encoder, tokenizer and embed models copied from ``model_repository/`` (no executor), this
+the encoder and embed models copied from ``model_repository/`` (no executor), this
 pipeline in place of the current one. Heads keep the current on-disk layout (``<version>/``
 ``model.onnx``, ``labels.txt``, ``head.json``); only their ``config.pbtxt`` differs
 (``head_config``). Nothing here is imported by the server, the client or the CLI.
@@ -31,7 +31,7 @@ from headroom.naming import head_model_name
 
 PIPELINE_SOURCE = Path(__file__).resolve().parent / "pipeline"
 #: The models this design needs besides the heads, in load order (no ``executor``).
-SYSTEM_MODELS = (config.ENCODER_MODEL, config.TOKENIZER_MODEL, config.EMBED_MODEL, config.PIPELINE_MODEL)
+SYSTEM_MODELS = (config.ENCODER_MODEL, config.EMBED_MODEL, config.PIPELINE_MODEL)
 
 #: Issue 2's per-head model (``export/head_store.py`` at commit c4971b3).
 HEAD_CONFIG_TEMPLATE = """\

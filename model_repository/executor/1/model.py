@@ -291,11 +291,19 @@ class _Metrics:
         self._families = [
             pb_utils.MetricFamily("headroom_resident_heads", "Head versions resident in the executor", gauge),
             pb_utils.MetricFamily("headroom_resident_head_bytes", "Bytes of resident head weights", gauge),
+            pb_utils.MetricFamily(
+                "headroom_head_bank_bytes", "Bytes allocated for the stacked heads' weight arrays", gauge
+            ),
+            pb_utils.MetricFamily(
+                "headroom_stacked_head_bytes", "Bytes of the stacked heads' weights in those arrays", gauge
+            ),
             pb_utils.MetricFamily("headroom_head_loads_total", "Head versions made resident", counter),
             pb_utils.MetricFamily("headroom_head_evictions_total", "Heads evicted under the byte budget", counter),
             pb_utils.MetricFamily("headroom_executor_rows_total", "Rows run by the executor", counter),
         ]
-        self.heads, self.bytes, self.loads, self.evictions, self.rows = (f.Metric(labels) for f in self._families)
+        self.heads, self.bytes, self.bank_bytes, self.stacked_bytes, self.loads, self.evictions, self.rows = (
+            f.Metric(labels) for f in self._families
+        )
         self._loads_seen = 0
         self._evictions_seen = 0
 
@@ -304,6 +312,8 @@ class _Metrics:
             return
         self.heads.set(stats.resident_heads)
         self.bytes.set(stats.resident_bytes)
+        self.bank_bytes.set(stats.allocated_bytes)
+        self.stacked_bytes.set(stats.stacked_bytes)
         self.loads.increment(stats.loads - self._loads_seen)
         self.evictions.increment(stats.evictions - self._evictions_seen)
         self._loads_seen, self._evictions_seen = stats.loads, stats.evictions

@@ -5,8 +5,10 @@ Pure numpy / onnx / onnxruntime (no Triton import), so unit tests exercise it di
 - ``linear_parameters`` recognises a head that is one linear layer and a softmax (the graph
   headroom's training exports: ``Gemm`` + ``Softmax``, or ``MatMul`` + ``Add`` + ``Softmax``) and
   returns its weights and bias. Such heads are **stacked**: ``LinearBank`` keeps the weights of
-  every resident head with the same class count in one preallocated array, so the rows of a mixed
-  batch run as one gather + batched matmul + softmax per class count.
+  every resident head with the same class count in one array, so the rows of a mixed batch run as
+  one gather + batched matmul + softmax per class count. The arrays grow by ``BANK_GROWTH`` when
+  full and shrink when heads leave, so they never hold more than ``BANK_GROWTH`` times the
+  weights in them.
 - Any other ONNX head runs as its own ``SessionHead`` (1 intra-op thread, no memory arena), its
   rows grouped into one session call.
 - ``HeadResidency`` keeps what is resident under a byte budget, evicting the least recently used
@@ -26,8 +28,13 @@ import onnx
 import onnxruntime as ort
 from onnx import numpy_helper
 
-#: Rows a bank's arrays hold when first created; they double when full.
-INITIAL_BANK_SLOTS = 16
+#: A full bank's arrays grow by this factor (by one slot while that adds less than one), and a
+#: bank whose arrays hold more than this factor times its heads shrinks: allocated bytes never
+#: exceed this factor times the weights they hold.
+BANK_GROWTH = 1.25
+#: What a bank shrinks to, times its heads: between 1 and ``BANK_GROWTH``, so that heads coming
+#: and going around one size do not resize the arrays each time.
+BANK_SHRINK_TO = 1.125
 
 
 class HeadFileError(ValueError):
@@ -99,16 +106,20 @@ def softmax(logits: np.ndarray) -> np.ndarray:
 class LinearBank:
     """Weights and biases of every resident linear head with ``classes`` classes, stacked.
 
-    Slots are reused after ``release``; the arrays double when full and never shrink (a freed
-    slot is handed to the next head of the same class count).
+    Slots are dense: the bank's ``used`` heads are in slots ``0 .. used - 1``. ``add`` appends a
+    head, growing the arrays by ``BANK_GROWTH`` when they are full; ``release`` moves the last
+    head into the freed slot (and returns the owner it moved, whose slot is now the freed one)
+    and shrinks the arrays once they hold more than ``BANK_GROWTH`` times the heads in them.
+    Slots change when heads leave, so callers hold one lock across ``add``, ``release`` and
+    ``run`` (the executor holds ``HeadResidency.lock`` across a whole batch).
     """
 
-    def __init__(self, classes: int, dim: int, slots: int = INITIAL_BANK_SLOTS) -> None:
+    def __init__(self, classes: int, dim: int, slots: int = 0) -> None:
         self.classes = classes
         self.dim = dim
-        self.weights = np.zeros((slots, classes, dim), dtype=np.float32)
-        self.biases = np.zeros((slots, classes), dtype=np.float32)
-        self._free = list(range(slots - 1, -1, -1))
+        self.weights = np.empty((slots, classes, dim), dtype=np.float32)
+        self.biases = np.empty((slots, classes), dtype=np.float32)
+        self._owners: list[object] = []
 
     @property
     def capacity(self) -> int:
@@ -116,24 +127,56 @@ class LinearBank:
 
     @property
     def used(self) -> int:
-        return self.capacity - len(self._free)
+        return len(self._owners)
 
-    def add(self, weights: np.ndarray, bias: np.ndarray) -> int:
-        if not self._free:
-            self._grow()
-        slot = self._free.pop()
+    @property
+    def slot_bytes(self) -> int:
+        """Bytes of one head's weights and bias."""
+        return 4 * (self.classes * self.dim + self.classes)
+
+    @property
+    def allocated_bytes(self) -> int:
+        return self.weights.nbytes + self.biases.nbytes
+
+    @property
+    def held_bytes(self) -> int:
+        """Bytes of the weights and biases of the heads in the bank."""
+        return self.used * self.slot_bytes
+
+    def add(self, weights: np.ndarray, bias: np.ndarray, owner: object = None) -> int:
+        """Store a head's parameters; returns its slot. ``owner`` is what ``release`` returns when
+        this head moves to another slot."""
+        slot = self.used
+        if slot == self.capacity:
+            self._resize(self.capacity + max(1, int(self.capacity * (BANK_GROWTH - 1.0))))
         self.weights[slot] = weights
         self.biases[slot] = bias
+        self._owners.append(owner)
         return slot
 
-    def release(self, slot: int) -> None:
-        self._free.append(slot)
+    def release(self, slot: int) -> object:
+        """Free ``slot``; the owner of the head moved into it from the last slot, or None."""
+        last = self.used - 1
+        if not 0 <= slot <= last:
+            raise ValueError(f"slot {slot} is not in use (the bank holds {self.used} heads)")
+        moved = None
+        if slot != last:
+            self.weights[slot] = self.weights[last]
+            self.biases[slot] = self.biases[last]
+            moved = self._owners[slot] = self._owners[last]
+        self._owners.pop()
+        used = self.used
+        if self.capacity > max(used, int(used * BANK_GROWTH)):
+            self._resize(max(used, int(used * BANK_SHRINK_TO)))
+        return moved
 
-    def _grow(self) -> None:
-        old = self.capacity
-        self.weights = np.concatenate([self.weights, np.zeros_like(self.weights)])
-        self.biases = np.concatenate([self.biases, np.zeros_like(self.biases)])
-        self._free.extend(range(2 * old - 1, old - 1, -1))
+    def _resize(self, capacity: int) -> None:
+        used = self.used
+        weights = np.empty((capacity, self.classes, self.dim), dtype=np.float32)
+        biases = np.empty((capacity, self.classes), dtype=np.float32)
+        weights[:used] = self.weights[:used]
+        biases[:used] = self.biases[:used]
+        self.weights, self.biases = weights, biases
 
     def run(self, embeddings: np.ndarray, slots: np.ndarray) -> np.ndarray:
         """Probabilities [rows, classes]: row i through the head in ``slots[i]``."""
@@ -166,7 +209,11 @@ class SessionHead:
 # --- what one head costs in memory, and how it runs -----------------------------------------
 @dataclass
 class ResidentHead:
-    """One head version in memory: in a bank slot (linear) or as a session."""
+    """One head version in memory: in a bank slot (linear) or as a session.
+
+    A stacked head's ``slot`` changes when another head of its bank is released (the bank stays
+    dense); ``HeadResidency`` updates it under its lock.
+    """
 
     labels: tuple[str, ...]
     nbytes: int
@@ -220,10 +267,15 @@ def parse_head(
 @dataclass(frozen=True)
 class ResidencyStats:
     resident_heads: int
+    #: Bytes of the resident heads' weights (stacked heads) and ONNX files (session heads).
     resident_bytes: int
     budget_bytes: int
     loads: int
     evictions: int
+    #: Bytes of the stacked heads' arrays, allocated: at most ``BANK_GROWTH`` × ``stacked_bytes``.
+    allocated_bytes: int = 0
+    #: Bytes of the weights and biases of the stacked heads in those arrays.
+    stacked_bytes: int = 0
 
 
 class HeadResidency:
@@ -253,7 +305,15 @@ class HeadResidency:
 
     def stats(self) -> ResidencyStats:
         with self.lock:
-            return ResidencyStats(len(self._entries), self._bytes, self.budget_bytes, self._loads, self._evictions)
+            return ResidencyStats(
+                len(self._entries),
+                self._bytes,
+                self.budget_bytes,
+                self._loads,
+                self._evictions,
+                allocated_bytes=sum(bank.allocated_bytes for bank in self._banks.values()),
+                stacked_bytes=sum(bank.held_bytes for bank in self._banks.values()),
+            )
 
     def acquire(
         self, keys: Sequence[Hashable], load: Callable[[Hashable], tuple[bytes, Sequence[str]]]
@@ -289,8 +349,8 @@ class HeadResidency:
             bank = self._banks.get(weights.shape[0])
             if bank is None:
                 bank = self._banks[weights.shape[0]] = LinearBank(weights.shape[0], self.dim)
-            slot = bank.add(weights, bias)
-            entry = ResidentHead(labels=labels, nbytes=weights.nbytes + bias.nbytes, bank=bank, slot=slot)
+            entry = ResidentHead(labels=labels, nbytes=weights.nbytes + bias.nbytes, bank=bank)
+            entry.slot = bank.add(weights, bias, owner=entry)
         else:
             entry = ResidentHead(labels=labels, nbytes=len(model_bytes), session=SessionHead(model_bytes))
         self._loads += 1
@@ -310,7 +370,12 @@ class HeadResidency:
     def _free(self, entry: ResidentHead) -> None:
         self._bytes -= entry.nbytes
         if entry.bank is not None:
-            entry.bank.release(entry.slot)
+            moved = entry.bank.release(entry.slot)
+            if moved is not None:
+                moved.slot = entry.slot
+            entry.slot = -1
+            if entry.bank.used == 0:  # its arrays are empty now; a new bank comes with the next head
+                self._banks.pop(entry.bank.classes, None)
         entry.session = None
 
     def _evict(self, protected: set) -> None:

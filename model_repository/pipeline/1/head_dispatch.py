@@ -24,7 +24,7 @@ ROW_ERROR_CODES = ("OK", "INVALID_ARG", "NOT_FOUND", "UNAVAILABLE", "INTERNAL")
 @dataclass(frozen=True)
 class HeadOutput:
     probabilities: np.ndarray  # [classes], FP32
-    labels: tuple[str, ...]  # names in probability order
+    labels: np.ndarray  # [classes], UTF-8 label names (bytes) in probability order, as the executor sent them
 
 
 class HeadDispatcher:
@@ -63,8 +63,7 @@ class HeadDispatcher:
                 results.append(pb_utils.TritonError(message, _triton_code(code)))
                 continue
             count = int(out["class_count"][row, 0])
-            labels = tuple(label.decode("utf-8") for label in out["labels"][row, :count])
-            results.append(HeadOutput(out["probabilities"][row, :count], labels))
+            results.append(HeadOutput(out["probabilities"][row, :count], out["labels"][row, :count]))
         return results
 
 

@@ -1,14 +1,22 @@
 """Triton Python model ``pipeline``: multi-tenant text classification (BLS).
 
-Inputs (one per request): ``TEXT`` (BYTES, UTF-8 text) and ``HEAD`` (BYTES, a head name).
-Outputs: ``LABEL`` (BYTES, winning label), ``SCORE`` (FP32, its probability), ``PROBS``
-(FP32 [C]) and ``LABELS`` (BYTES [C], label names in ``PROBS`` order).
+Inputs, one row per text (a request carries N rows, 1 <= N <= ``max_batch_size``): ``TEXT``
+(BYTES [N, 1], UTF-8 text) and ``HEAD`` (BYTES [N, 1], the head's name of each row; rows of one
+request may name different heads).
+Outputs, row i for text i: ``LABEL`` (BYTES [N, 1], winning label), ``SCORE`` (FP32 [N, 1], its
+probability), ``PROBS`` (FP32 [N, C]) and ``LABELS`` (BYTES [N, C], label names in ``PROBS``
+order). C is the class count of the widest head named in the request: a row whose head has
+fewer classes is padded with probability 0 and label "" (never a real label: onboarding refuses
+blank labels), so a row's labels are the entries of ``LABELS`` before the first "".
 
 For one batch of requests it calls ``embed`` **once** with every valid text, whatever the
-heads, then hands the embeddings and head names to ``HeadDispatcher``, which runs every row's
-head in **one** call to the shared ``executor``.
+heads (``embed`` groups texts of similar length for the encoder), then hands the embeddings and
+head names to ``HeadDispatcher``, which runs every row's head in **one** call to the shared
+``executor``.
 
-Per-request errors (the request fails alone, its batch-mates are answered):
+Per-request errors (the request fails alone, its batch-mates are answered). A request fails
+when one of its rows fails; with N > 1 the message names the row (``row 3: head 'x' is not
+loaded ...``, then ``(rows 5, 9 failed too)`` when more did) and the code is that row's:
 - INVALID_ARG: TEXT empty or blank (only whitespace, control or format characters: nothing the
   tokenizer keeps), TEXT or HEAD not valid UTF-8, HEAD breaks the
   naming rule (which also keeps ``encoder``, ``pipeline`` and other system models out of reach);
@@ -26,7 +34,7 @@ import os
 
 import numpy as np
 import triton_python_backend_utils as pb_utils
-from head_dispatch import HeadDispatcher, HeadOutput
+from head_dispatch import HeadDispatcher
 from text_checks import BlankCheck, find_tokenizer_file
 
 EMBEDDING_OUTPUT = "sentence_embedding"
@@ -45,21 +53,37 @@ def _invalid(message: str):
     return pb_utils.TritonError(message, pb_utils.TritonError.INVALID_ARG)
 
 
-def _single_string(request, name: str):
-    """The request's one string for input ``name``, or a TritonError."""
-    tensor = pb_utils.get_input_tensor_by_name(request, name)
-    if tensor is None:
-        return _invalid(f"input '{name}' is missing")
-    values = tensor.as_numpy().reshape(-1)
-    if values.size != 1:
-        return _invalid(f"input '{name}' must hold exactly one string, got {values.size}")
-    value = values[0]
-    if isinstance(value, bytes):
-        try:
-            return value.decode("utf-8")
-        except UnicodeDecodeError:
-            return _invalid(f"input '{name}' is not valid UTF-8")
-    return str(value)
+def _request_error(rows: list):
+    """The error of a request from its rows' outcomes (a TritonError per failed row), or None.
+
+    One-row requests fail with the row's own message; others name the first failed row (and
+    the other failed rows), with its code.
+    """
+    failed = [index for index, row in enumerate(rows) if isinstance(row, pb_utils.TritonError)]
+    if not failed:
+        return None
+    first = rows[failed[0]]
+    if len(rows) == 1:
+        return first
+    message = f"row {failed[0]}: {first.message()}"
+    others = failed[1:]
+    if others:
+        message += f" ({'rows' if len(others) > 1 else 'row'} {', '.join(map(str, others))} failed too)"
+    return pb_utils.TritonError(message, first.code())
+
+
+def _strings(request, name: str) -> list:
+    """Each row's string of input ``name`` (a TritonError for a row that is not UTF-8)."""
+    values = pb_utils.get_input_tensor_by_name(request, name).as_numpy().reshape(-1)
+    strings: list = []
+    for value in values:
+        if isinstance(value, bytes):
+            try:
+                value = value.decode("utf-8")
+            except UnicodeDecodeError:
+                value = _invalid(f"input '{name}' is not valid UTF-8")
+        strings.append(value if isinstance(value, (str, pb_utils.TritonError)) else str(value))
+    return strings
 
 
 class TritonPythonModel:
@@ -75,37 +99,43 @@ class TritonPythonModel:
         responses: list = [None] * len(requests)
         texts: list[str] = []
         heads: list[str] = []
-        owners: list[int] = []  # request index of each valid row
+        spans: list[tuple[int, int, int]] = []  # (request index, first row, rows) of valid requests
         for index, request in enumerate(requests):
             parsed = self._parse(request)
             if isinstance(parsed, pb_utils.TritonError):
                 responses[index] = _error_response(parsed)
                 continue
-            texts.append(parsed[0])
-            heads.append(parsed[1])
-            owners.append(index)
+            spans.append((index, len(texts), len(parsed[0])))
+            texts.extend(parsed[0])
+            heads.extend(parsed[1])
 
         if texts:
             embeddings = await self._embed(texts)
             if isinstance(embeddings, pb_utils.TritonError):
-                for index in owners:
+                for index, _, _ in spans:
                     responses[index] = _error_response(embeddings)
             else:
                 results = await self.dispatcher.run(embeddings, heads)  # errors per row, never raises
-                for index, result in zip(owners, results, strict=True):
-                    responses[index] = _response(result)
+                for index, start, count in spans:
+                    responses[index] = _response(results[start : start + count])
         return responses
 
     def _parse(self, request):
-        text = _single_string(request, "TEXT")
-        if isinstance(text, pb_utils.TritonError):
-            return text
-        if self.is_blank(text):
-            return _invalid("TEXT is empty")
-        head = _single_string(request, "HEAD")
-        if isinstance(head, pb_utils.TritonError):
-            return head
-        return text, head
+        """(texts, heads) of a request's rows, or the TritonError that fails it."""
+        texts = _strings(request, "TEXT")
+        heads = _strings(request, "HEAD")
+        if len(texts) != len(heads):  # Triton checks batch sizes; a defence, not a contract
+            return _invalid(f"{len(texts)} TEXT rows but {len(heads)} HEAD rows")
+        rows: list = []
+        for text, head in zip(texts, heads, strict=True):
+            if isinstance(text, pb_utils.TritonError):
+                rows.append(text)
+            elif self.is_blank(text):
+                rows.append(_invalid("TEXT is empty"))
+            else:
+                rows.append(head)  # a head name, or the TritonError of one that is not UTF-8
+        error = _request_error(rows)
+        return error if error is not None else (texts, heads)
 
     async def _embed(self, texts: list[str]):
         request = pb_utils.InferenceRequest(
@@ -120,17 +150,29 @@ class TritonPythonModel:
         return pb_utils.get_output_tensor_by_name(response, EMBEDDING_OUTPUT).as_numpy()
 
 
-def _response(result):
-    if not isinstance(result, HeadOutput):
-        return _error_response(result)
-    probabilities = result.probabilities
-    best = int(np.argmax(probabilities))
+def _response(rows: list):
+    """The response of one request from its rows (each a ``HeadOutput`` or a ``TritonError``)."""
+    error = _request_error(rows)
+    if error is not None:
+        return _error_response(error)
+    width = max(len(row.labels) for row in rows)
+    count = len(rows)
+    labels = np.full((count, 1), b"", dtype=np.object_)
+    scores = np.zeros((count, 1), dtype=np.float32)
+    probabilities = np.zeros((count, width), dtype=np.float32)
+    names = np.full((count, width), b"", dtype=np.object_)
+    for index, row in enumerate(rows):
+        best = int(np.argmax(row.probabilities))
+        classes = len(row.labels)
+        labels[index, 0] = row.labels[best]
+        scores[index, 0] = row.probabilities[best]
+        probabilities[index, :classes] = row.probabilities
+        names[index, :classes] = row.labels
     return pb_utils.InferenceResponse(
         output_tensors=[
-            # Leading 1: each request is one row of a batching model.
-            pb_utils.Tensor("LABEL", np.array([[result.labels[best].encode("utf-8")]], dtype=np.object_)),
-            pb_utils.Tensor("SCORE", np.array([[probabilities[best]]], dtype=np.float32)),
-            pb_utils.Tensor("PROBS", probabilities.astype(np.float32)[None, :]),
-            pb_utils.Tensor("LABELS", np.array([[label.encode("utf-8") for label in result.labels]], dtype=np.object_)),
+            pb_utils.Tensor("LABEL", labels),
+            pb_utils.Tensor("SCORE", scores),
+            pb_utils.Tensor("PROBS", probabilities),
+            pb_utils.Tensor("LABELS", names),
         ]
     )

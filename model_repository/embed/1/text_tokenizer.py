@@ -1,0 +1,82 @@
+"""Tokenization shared by the served ``embed`` model and in-process head training.
+
+Kept in the model's own folder so the model repository stays self-contained (the official
+Triton container needs nothing of this project installed); ``export/embeddings.py`` loads this
+very file, so training and serving features are computed the same way.
+
+Texts are tokenized once, unpadded (``TextTokenizer.encode``): their token counts decide how
+they are grouped for the encoder (``length_groups.py``), and each group is then padded only to
+its own longest text (``TokenizedTexts.padded``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from tokenizers import Tokenizer
+
+TOKENIZER_FILE = "tokenizer.json"
+
+
+class TokenizedTexts:
+    """Token ids of a list of texts, truncated and unpadded."""
+
+    def __init__(self, ids: list[list[int]]) -> None:
+        self.ids = ids
+        #: Tokens of each text, [CLS] and [SEP] included.
+        self.lengths = np.fromiter((len(row) for row in ids), dtype=np.int64, count=len(ids))
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def padded(self, rows: Sequence[int] | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Ids and attention mask of ``rows`` (in that order), INT64 [len(rows), longest of them]."""
+        longest = int(self.lengths[rows].max()) if len(rows) else 0
+        input_ids = np.zeros((len(rows), longest), dtype=np.int64)
+        attention_mask = np.zeros((len(rows), longest), dtype=np.int64)
+        for position, row in enumerate(rows):
+            tokens = self.ids[row]
+            input_ids[position, : len(tokens)] = tokens
+            attention_mask[position, : len(tokens)] = 1
+        return input_ids, attention_mask
+
+
+class TextTokenizer:
+    """Batch tokenizer of the served encoder: truncates at ``max_length``, never pads by itself."""
+
+    def __init__(self, tokenizer_file: str | Path, max_length: int) -> None:
+        if max_length < 2:
+            raise ValueError(f"max_length must be at least 2 ([CLS] and [SEP]), got {max_length}")
+        self.max_length = max_length
+        self._tokenizer = Tokenizer.from_file(str(tokenizer_file))
+        self._tokenizer.enable_truncation(max_length=max_length)
+        # The exported tokenizer.json may carry a fixed padding length: padding is done per group.
+        self._tokenizer.no_padding()
+
+    def encode(self, texts: Sequence[str]) -> TokenizedTexts:
+        """Every text's token ids, truncated at ``max_length``, unpadded."""
+        if not texts:
+            return TokenizedTexts([])
+        return TokenizedTexts([encoding.ids for encoding in self._tokenizer.encode_batch(list(texts))])
+
+    def __call__(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        """Token ids and attention mask of all ``texts`` padded to the longest, INT64 [len(texts), longest]."""
+        tokens = self.encode(texts)
+        return tokens.padded(np.arange(len(tokens)))
+
+
+def find_tokenizer_file(encoder_dir: str | Path) -> Path:
+    """``tokenizer.json`` of the newest encoder version folder that has one."""
+    encoder_dir = Path(encoder_dir)
+    versions = sorted(
+        (p for p in encoder_dir.iterdir() if p.is_dir() and p.name.isdigit()),
+        key=lambda p: int(p.name),
+        reverse=True,
+    )
+    for version in versions:
+        candidate = version / TOKENIZER_FILE
+        if candidate.exists():
+            return candidate
+    raise FileNotFoundError(f"no {TOKENIZER_FILE} in any version folder of {encoder_dir}")
