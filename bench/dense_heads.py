@@ -129,8 +129,8 @@ def start_server(
     repository: Path, models: list[str], name: str, system_models: tuple[str, ...] = config.SYSTEM_MODELS
 ) -> tuple[TritonServer, float]:
     """Start Triton with ``models``; returns it and the seconds until it was live with the system
-    models READY. ``--load-model`` loads every listed model before the endpoints come up, so that
-    is the bulk load time. Log: ``bench/results/dense_heads.<name>.log``."""
+    models READY and its metrics page up. ``--load-model`` loads every listed model before the
+    endpoints come up, so that is the bulk load time. Log: ``bench/results/dense_heads.<name>.log``."""
     log_file = RESULTS_DIR / f"dense_heads.{name}.log"
     log_file.unlink(missing_ok=True)
     server = TritonServer(free_address(), repository, log_file=log_file, models=models, system_models=system_models)
@@ -141,6 +141,8 @@ def start_server(
         while not (
             http_status(f"{base}/v2/health/live") == 200
             and all(http_status(f"{base}/v2/models/{model}/ready") == 200 for model in system_models)
+            # Triton opens the metrics port tens of ms after HTTP; every step reads gauges there.
+            and http_status(f"http://localhost:{server.address.metrics_port}/metrics") == 200
         ):
             if server.process.poll() is not None:
                 raise ServerError(f"tritonserver exited with code {server.process.returncode} (see {log_file})")

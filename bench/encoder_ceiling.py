@@ -69,8 +69,15 @@ def batch_plans(lengths: np.ndarray) -> dict[str, list[np.ndarray]]:
     }
 
 
-def text_ceiling(variant: str, texts: list[str], seconds: float = 3.0, rounds: int = 2) -> dict:
-    """In-process sentences/s of ``variant`` on ``texts`` for each plan of ``batch_plans``.
+#: The plans of ``batch_plans`` that sort the texts first: the ceiling is the better of them.
+SORTED_PLANS = ("sorted_served_groups", f"sorted_batches_{FIXED_BATCH}")
+
+
+def text_ceiling(
+    variant: str, texts: list[str], seconds: float = 3.0, rounds: int = 2, plans: tuple[str, ...] | None = None
+) -> dict:
+    """In-process sentences/s of ``variant`` on ``texts`` for each plan of ``batch_plans``
+    (``plans``: only those).
 
     Each plan runs every batch of the list, over and over for ``seconds``, ``rounds`` times
     alternating with the other plans; the best round counts. ``ceiling_per_s`` is the better of
@@ -80,12 +87,12 @@ def text_ceiling(variant: str, texts: list[str], seconds: float = 3.0, rounds: i
     tokenizer = module.TextTokenizer(model_source_dir() / "tokenizer.json", max_length=config.MAX_SEQ_LEN_TOKENS)
     tokens = tokenizer.encode(texts)
     session = session_for(variant, os.cpu_count() or 1)
-    plans = batch_plans(tokens.lengths)
+    plans = {name: batches for name, batches in batch_plans(tokens.lengths).items() if plans is None or name in plans}
     feeds = {
         name: [dict(zip(("input_ids", "attention_mask"), tokens.padded(rows), strict=True)) for rows in batches]
         for name, batches in plans.items()
     }
-    for feed in feeds[f"sorted_batches_{FIXED_BATCH}"][:4]:
+    for feed in next(iter(feeds.values()))[:4]:
         session.run(["sentence_embedding"], feed)  # warm-up
     rates: dict[str, list[float]] = {name: [] for name in plans}
     for _ in range(rounds):
@@ -100,7 +107,7 @@ def text_ceiling(variant: str, texts: list[str], seconds: float = 3.0, rounds: i
             rates[name].append(done / elapsed)
     best = {name: round(max(values), 1) for name, values in rates.items()}
     padded = {name: int(sum(len(rows) * int(tokens.lengths[rows].max()) for rows in plans[name])) for name in plans}
-    sorted_plans = [name for name in plans if name.startswith("sorted")]
+    sorted_plans = [name for name in plans if name in SORTED_PLANS]
     ceiling_plan = max(sorted_plans, key=best.get)
     return {
         "variant": variant,

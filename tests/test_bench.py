@@ -73,6 +73,7 @@ def test_quick_run_of_all_benchmarks_writes_reports(tmp_path):
             assert all(mode["errors"] == 0 for mode in measured["modes"].values())
             assert measured["modes"]["pipeline_1"]["ok"] > 0
             assert measured["ceiling"]["ceiling_per_s"] > 0
+            assert all(len(mode["ratio_by_round"]) == e2e["rounds"] == 1 for mode in measured["modes"].values())
             assert [row["load_fraction"] for row in measured["latency"]] == [0.25, 0.5, 0.75]
             before = measured["ceiling"]["before"]["padded_tokens_per_real_token"]
             assert before["sorted_served_groups"] < before["arrival_batches_32"]
