@@ -74,10 +74,10 @@ SORTED_PLANS = ("sorted_served_groups", f"sorted_batches_{FIXED_BATCH}")
 
 
 def text_ceiling(
-    variant: str, texts: list[str], seconds: float = 3.0, rounds: int = 2, plans: tuple[str, ...] | None = None
+    variant: str, texts: list[str], seconds: float = 3.0, rounds: int = 2, only: tuple[str, ...] | None = None
 ) -> dict:
     """In-process sentences/s of ``variant`` on ``texts`` for each plan of ``batch_plans``
-    (``plans``: only those).
+    (``only``: just the plans named there).
 
     Each plan runs every batch of the list, over and over for ``seconds``, ``rounds`` times
     alternating with the other plans; the best round counts. ``ceiling_per_s`` is the better of
@@ -87,7 +87,7 @@ def text_ceiling(
     tokenizer = module.TextTokenizer(model_source_dir() / "tokenizer.json", max_length=config.MAX_SEQ_LEN_TOKENS)
     tokens = tokenizer.encode(texts)
     session = session_for(variant, os.cpu_count() or 1)
-    plans = {name: batches for name, batches in batch_plans(tokens.lengths).items() if plans is None or name in plans}
+    plans = {name: batches for name, batches in batch_plans(tokens.lengths).items() if only is None or name in only}
     feeds = {
         name: [dict(zip(("input_ids", "attention_mask"), tokens.padded(rows), strict=True)) for rows in batches]
         for name, batches in plans.items()
