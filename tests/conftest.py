@@ -25,6 +25,20 @@ PROJECT_ROOT = config.PROJECT_ROOT
 DEMO_HEADS = ("knowledge", "lifestyle", "smalltalk", "smart_home")
 
 
+def copy_demo_repository(source: Path, target: Path) -> None:
+    """Copy ``source`` to ``target`` with the system models and the demo heads only: a tenant the
+    developer onboarded by hand in the checkout must not reach the tests' servers."""
+    demo = {f"{config.HEAD_MODEL_PREFIX}{head}" for head in DEMO_HEADS}
+
+    def ignore(directory: str, names: list[str]) -> set[str]:
+        skipped = {name for name in names if name == "__pycache__"}
+        if Path(directory) == source:
+            skipped |= {n for n in names if n.startswith(config.HEAD_MODEL_PREFIX) and n not in demo}
+        return skipped
+
+    shutil.copytree(source, target, ignore=ignore)
+
+
 @pytest.fixture(scope="session", autouse=True)
 def python_backend_utils_on_path() -> None:
     """Let unit tests import the Python models' helper modules (they import pb_utils)."""
@@ -86,7 +100,7 @@ class ServerHandle:
 def triton(built_repository: Path, tmp_path_factory: pytest.TempPathFactory):
     root = tmp_path_factory.mktemp("served")
     repository = root / "model_repository"
-    shutil.copytree(built_repository, repository, ignore=shutil.ignore_patterns("__pycache__"))
+    copy_demo_repository(built_repository, repository)
     address = free_address()
     log_file = root / "tritonserver.log"
     # Every integration test runs against a protected control plane, as `headroom serve` starts it.

@@ -19,7 +19,6 @@ import os
 import random
 import re
 import secrets
-import shutil
 import threading
 import time
 from dataclasses import dataclass, field
@@ -37,7 +36,7 @@ from export.head_store import HEAD_INFO_FILE, LABELS_FILE, versions_of
 from headroom import config
 from server.triton import TritonServer, free_address, http_status
 
-from .conftest import DEMO_HEADS
+from .conftest import DEMO_HEADS, copy_demo_repository
 
 pytestmark = pytest.mark.integration
 
@@ -115,7 +114,7 @@ class OwnServer:
 def own_server(built_repository: Path, tmp_path_factory: pytest.TempPathFactory):
     root = tmp_path_factory.mktemp("crash")
     repository = root / "model_repository"
-    shutil.copytree(built_repository, repository, ignore=shutil.ignore_patterns("__pycache__"))
+    copy_demo_repository(built_repository, repository)
     log_file = root / "tritonserver.log"
     admin_key = secrets.token_urlsafe(32)
     server = TritonServer(free_address(), repository, log_file=log_file, admin_key=admin_key)
