@@ -23,9 +23,8 @@ from importlib import metadata
 from pathlib import Path
 
 import numpy as np
-
 from headroom import config
-from server.triton import free_address, free_ports  # noqa: F401  (re-exported for the benchmarks)
+from headroom.server.launcher import free_address, free_ports  # noqa: F401  (re-exported for the benchmarks)
 
 log = logging.getLogger("bench")
 
@@ -92,21 +91,32 @@ def pyplot():
 
 
 # --- servers ---------------------------------------------------------------------------------
+#: Where the benchmarks take the system models from, and the demo heads already trained for them:
+#: the checkout's own repository (its code, never a server's state).
+SOURCE_REPOSITORY = config.DEFAULT_MODEL_REPOSITORY
+
+
+def settings() -> config.Settings:
+    """The environment's settings, read when a benchmark starts (never at import)."""
+    return config.Settings.from_env()
+
+
 def system_repository(destination: Path, variant: str, models: tuple[str, ...] = config.SYSTEM_MODELS) -> Path:
     """A model repository with the system ``models`` and the ``variant`` encoder, no heads."""
-    from export.encoder import export_all, install_encoder
+    from headroom.export.encoder import export_all, install_encoder
 
     if destination.exists():
         shutil.rmtree(destination)
     destination.mkdir(parents=True)
     for name in models:
         shutil.copytree(
-            config.MODEL_REPOSITORY / name,
+            SOURCE_REPOSITORY / name,
             destination / name,
             ignore=shutil.ignore_patterns("__pycache__", "model.onnx", "*.json"),
         )
-    export_all()
-    install_encoder(variant, destination)
+    build_dir = settings().build_dir
+    export_all(build_dir)
+    install_encoder(variant, destination, build_dir)
     return destination
 
 
@@ -115,23 +125,23 @@ def demo_head_dirs(repository: Path, state_dir: Path) -> list[Path]:
 
     Heads of the project's repository trained for the same encoder are copied, others trained.
     """
-    from export.demo import DEMO_TENANTS
-    from export.encoder import read_encoder_info
-    from export.head_store import read_head_info
-    from export.tenants import build_demo_heads
+    from headroom.export.demo import DEMO_TENANTS
+    from headroom.export.encoder import read_encoder_info
+    from headroom.export.tenants import build_demo_heads
+    from headroom.repository.head_store import read_head_info
 
     fingerprint = read_encoder_info(repository)["fingerprint"]
     for name in DEMO_TENANTS:
-        source = config.MODEL_REPOSITORY / f"{config.HEAD_MODEL_PREFIX}{name}"
+        source = SOURCE_REPOSITORY / f"{config.HEAD_MODEL_PREFIX}{name}"
         target = repository / source.name
         try:
-            current = read_head_info(name, config.MODEL_REPOSITORY)["encoder_fingerprint"] == fingerprint
+            current = read_head_info(name, SOURCE_REPOSITORY)["encoder_fingerprint"] == fingerprint
         except FileNotFoundError:
             current = False
         if current and not target.exists():
             shutil.copytree(source, target, ignore=shutil.ignore_patterns("__pycache__"))
 
-    names = [name for name, _ in build_demo_heads(repository, state_dir)]
+    names = [name for name, _ in build_demo_heads(repository, state_dir, settings().build_dir)]
     return [repository / f"{config.HEAD_MODEL_PREFIX}{name}" for name in names]
 
 
@@ -141,7 +151,7 @@ def clone_head(source: Path, repository: Path, name: str, config_text: Callable[
     ``config_text(name)`` writes its ``config.pbtxt``: the registration model of
     ``export.head_store`` by default (the issue-2 baseline passes its per-head model config).
     """
-    from export.head_store import registration_config
+    from headroom.repository.head_store import registration_config
 
     model = f"{config.HEAD_MODEL_PREFIX}{name}"
     target = repository / model
@@ -291,7 +301,7 @@ class LoadResult:
 
 def pipeline_request(grpc_module, text: str | list[str], head: str | list[str]) -> list:
     """Inputs of one ``pipeline`` request: one text and head, or lists of them (one row each)."""
-    from client.headroom_client import bytes_input
+    from headroom.client.inference import bytes_input
 
     texts = [text] if isinstance(text, str) else text
     heads = [head] if isinstance(head, str) else head
@@ -404,8 +414,7 @@ def pipeline_traffic(
     head) of the mix, as a client sending unsorted batches would.
     """
     import tritonclient.grpc as grpc_module
-
-    from client.traffic import TrafficMix
+    from headroom.client.traffic import TrafficMix
 
     mix = TrafficMix(heads, texts, failure_share=failure_share, seed=seed)
 
@@ -424,8 +433,7 @@ def pipeline_traffic(
 def embed_traffic(texts: list[str], texts_per_request: int, seed: int = 0):
     """``next_request`` for ``run_load``: ``embed`` requests of ``texts_per_request`` random texts."""
     import tritonclient.grpc as grpc_module
-
-    from client.headroom_client import bytes_input
+    from headroom.client.inference import bytes_input
 
     rng = random.Random(seed)
 
@@ -438,11 +446,10 @@ def embed_traffic(texts: list[str], texts_per_request: int, seed: int = 0):
 
 def token_lengths(texts: list[str]) -> np.ndarray:
     """Tokens of each text as the served encoder sees them ([CLS] and [SEP] included, truncated)."""
-    from export.embeddings import load_text_tokenizer_module
-    from export.encoder import model_source_dir
+    from headroom.export.encoder import model_source_dir
+    from headroom.text_tokenizer import TextTokenizer
 
-    module = load_text_tokenizer_module()
-    tokenizer = module.TextTokenizer(model_source_dir() / "tokenizer.json", max_length=config.MAX_SEQ_LEN_TOKENS)
+    tokenizer = TextTokenizer(model_source_dir() / "tokenizer.json", max_length=config.MAX_SEQ_LEN_TOKENS)
     return tokenizer.encode(texts).lengths
 
 
@@ -461,9 +468,9 @@ def length_distribution(texts: list[str]) -> dict:
 
 def texts_of_token_length(max_tokens: int, min_tokens: int, limit: int = 512) -> list[str]:
     """Demo texts whose token count ([CLS]/[SEP] included) lies in [min_tokens, max_tokens]."""
-    from client.traffic import demo_texts
+    from headroom.client.traffic import demo_texts
 
-    texts = list(dict.fromkeys(demo_texts()))
+    texts = list(dict.fromkeys(demo_texts(build_dir=settings().build_dir)))
     lengths = token_lengths(texts)
     chosen = [text for text, length in zip(texts, lengths, strict=True) if min_tokens <= length <= max_tokens]
     if not chosen:

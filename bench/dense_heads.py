@@ -13,9 +13,9 @@ preloaded library, else glibc with its ``MALLOC_*`` settings), read from the run
 2. N heads registered at start-up: bulk start time, every head READY in the repository index,
    PSS delta per head; the non-linear heads' and a few linear heads' answers against offline
    numpy; ``load_model`` of further heads one at a time (per-load time with N loaded);
-   onboarding with N loaded (``HeadroomClient.onboard_model``: checks, atomic write,
+   onboarding with N loaded (``Onboarding.onboard_model``: checks, atomic write,
    ``load_model``, a verified first answer through ``pipeline``); offboarding one
-   (``HeadroomClient.offboard``): the executor's ``headroom_resident_head_bytes`` must drop by
+   (``Onboarding.offboard``): the executor's ``headroom_resident_head_bytes`` must drop by
    that head's weights, and a request right after must fail with NOT_FOUND "is not loaded";
    then every head answered once (all resident), PSS, and the executor's stacked arrays
    (``headroom_head_bank_bytes``) against the weights they hold (``headroom_stacked_head_bytes``);
@@ -44,6 +44,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from headroom import config
+from headroom.client.inference import HeadroomClient, HeadroomError
+from headroom.client.onboarding import Onboarding
+from headroom.client.traffic import UNKNOWN_HEAD
+from headroom.export.encoder import read_encoder_info
+from headroom.server.launcher import ServerError, TritonServer, http_status
 
 from bench.baselines import per_head_models
 from bench.common import (
@@ -65,12 +71,10 @@ from bench.common import (
     texts_of_token_length,
     write_report,
 )
+from bench.common import (
+    settings as common_settings,
+)
 from bench.synthetic_heads import SyntheticHead, head_model, plan_heads, reference_probabilities, write_heads
-from client.headroom_client import HeadroomClient, HeadroomError
-from client.traffic import UNKNOWN_HEAD
-from export.encoder import read_encoder_info
-from headroom import config
-from server.triton import ServerError, TritonServer, http_status
 
 MIB = 1 << 20
 KIB = 1 << 10
@@ -95,7 +99,7 @@ class Settings:
     through_api: bool = False
     #: Step 4; ``--skip-throughput`` leaves it out (memory and control figures only).
     throughput: bool = True
-    variant: str = config.ENCODER_VARIANT
+    variant: str = config.DEFAULT_ENCODER_VARIANT
 
 
 QUICK = Settings(
@@ -305,12 +309,13 @@ def onboard_heads(
     server: TritonServer, repository: Path, state_dir: Path, heads: list[SyntheticHead], fingerprint: str
 ) -> list[dict]:
     """Onboard ready-made heads one at a time as ``headroom onboard --onnx`` does
-    (``HeadroomClient.onboard_model``: checks, atomic write, ``load_model``, a verified first
+    (``Onboarding.onboard_model``: checks, atomic write, ``load_model``, a verified first
     answer through ``pipeline``)."""
     rows = []
-    with HeadroomClient(server.address.grpc_url, repository=repository, state_dir=state_dir, admin_key="") as client:
+    with HeadroomClient(server.address.grpc_url, admin_key="") as client:
+        onboarding = Onboarding(client, repository, state_dir)
         for head in heads:
-            result = client.onboard_model(head.name, head_model(head, fingerprint).SerializeToString(), head.labels)
+            result = onboarding.onboard_model(head.name, head_model(head, fingerprint).SerializeToString(), head.labels)
             rows.append(
                 {
                     "head": head.name,
@@ -324,11 +329,12 @@ def onboard_heads(
 def offboard_one(server: TritonServer, repository: Path, state_dir: Path, head: SyntheticHead, text: str) -> dict:
     """Offboard a resident head: NOT_FOUND right after, resident bytes freed (executor metrics)."""
     port = server.address.metrics_port
-    with HeadroomClient(server.address.grpc_url, repository=repository, state_dir=state_dir, admin_key="") as client:
+    with HeadroomClient(server.address.grpc_url, admin_key="") as client:
+        onboarding = Onboarding(client, repository, state_dir)
         client.classify([text], head.name)  # resident now
         before = scrape_metrics(port)
         started = time.perf_counter()
-        client.offboard(head.name)
+        onboarding.offboard(head.name)
         offboarded = time.perf_counter()
         answer = client.classify([text], head.name, return_errors=True)[0]
         answered = time.perf_counter()
@@ -944,7 +950,7 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="measure step 4 again and replace it in the last report (bench/results/dense_heads.json)",
     )
-    parser.add_argument("--variant", choices=config.ENCODER_VARIANTS, default=defaults.variant)
+    parser.add_argument("--variant", choices=config.ENCODER_VARIANTS, default=common_settings().encoder_variant)
     args = parser.parse_args(argv)
     settings = QUICK if args.quick else defaults
     overrides = {

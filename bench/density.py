@@ -20,6 +20,11 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
+from headroom import config
+from headroom.client.inference import HeadroomClient
+from headroom.client.onboarding import Onboarding
+from headroom.client.traffic import UNKNOWN_HEAD
+from headroom.server.launcher import TritonServer
 
 from bench.common import (
     RESULTS_DIR,
@@ -29,16 +34,13 @@ from bench.common import (
     pyplot,
     run_load,
     save_figure,
+    settings,
     settle_pss,
     setup_logging,
     system_repository,
     texts_of_token_length,
     write_report,
 )
-from client.headroom_client import HeadroomClient
-from client.traffic import UNKNOWN_HEAD
-from headroom import config
-from server.triton import TritonServer
 
 MIB = 1024 * 1024
 MEMORY_EVERY = 10
@@ -51,7 +53,7 @@ def training_file(destination: Path, examples: int) -> Path:
     return destination
 
 
-def run(heads: int = 100, examples: int = 120, variant: str = config.ENCODER_VARIANT) -> dict:
+def run(heads: int = 100, examples: int = 120, variant: str = config.DEFAULT_ENCODER_VARIANT) -> dict:
     rows, memory = [], []
     with tempfile.TemporaryDirectory(prefix="headroom-bench-") as tmp:
         workdir = Path(tmp)
@@ -63,10 +65,11 @@ def run(heads: int = 100, examples: int = 120, variant: str = config.ENCODER_VAR
             warm_up = pipeline_traffic([UNKNOWN_HEAD], texts_of_token_length(64, 2), failure_share=1.0)
             run_load(server.address.grpc_url, warm_up, duration_s=3.0, concurrency=32, warmup_s=0.0)
             memory.append({"heads": 0, "pss_mib": round(settle_pss(pid) / MIB, 1)})
-            with HeadroomClient(server.address.grpc_url, repository=repository, state_dir=workdir / "state") as client:
+            with HeadroomClient(server.address.grpc_url) as client:
+                onboarding = Onboarding(client, repository, workdir / "state")
                 for index in range(1, heads + 1):
                     name = f"tenant{index:04d}"
-                    result = client.onboard(name, data)
+                    result = onboarding.onboard(name, data)
                     steps = result.timings
                     rows.append(
                         {
@@ -156,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--heads", type=int, default=100, help="heads to onboard (default %(default)s)")
     parser.add_argument("--examples", type=int, default=120, help="training examples per head (default %(default)s)")
-    parser.add_argument("--variant", choices=config.ENCODER_VARIANTS, default=config.ENCODER_VARIANT)
+    parser.add_argument("--variant", choices=config.ENCODER_VARIANTS, default=settings().encoder_variant)
     args = parser.parse_args(argv)
     setup_logging()
     report = run(args.heads, args.examples, args.variant)

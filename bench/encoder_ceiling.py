@@ -17,11 +17,22 @@ import os
 import time
 
 import numpy as np
-
-from bench.common import log, pyplot, save_figure, setup_logging, texts_of_token_length, write_report
-from export.embeddings import grouping_limits, load_length_groups_module, load_text_tokenizer_module
-from export.encoder import export_all, model_source_dir, variant_path
 from headroom import config
+from headroom.export.embeddings import grouping_limits
+from headroom.export.encoder import export_all, model_source_dir, variant_path
+from headroom.length_groups import plan_groups
+from headroom.text_tokenizer import TextTokenizer
+
+from bench.common import (
+    SOURCE_REPOSITORY,
+    log,
+    pyplot,
+    save_figure,
+    settings,
+    setup_logging,
+    texts_of_token_length,
+    write_report,
+)
 
 BATCH_SIZES = (1, 8, 32, 64)
 SEQUENCE_LENGTHS = (16, 64)
@@ -31,8 +42,7 @@ FIXED_BATCH = 32
 
 def token_batch(texts: list[str], batch_size: int, length: int) -> tuple[np.ndarray, np.ndarray]:
     """``batch_size`` real texts as [batch, length] ids and mask (padded to exactly ``length``)."""
-    module = load_text_tokenizer_module()
-    tokenizer = module.TextTokenizer(model_source_dir() / "tokenizer.json", max_length=length)
+    tokenizer = TextTokenizer(model_source_dir() / config.TOKENIZER_FILE, max_length=length)
     chosen = [texts[i % len(texts)] for i in range(batch_size)]
     ids, mask = tokenizer(chosen)
     pad = length - ids.shape[1]
@@ -44,7 +54,9 @@ def session_for(variant: str, threads: int):
 
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
-    return ort.InferenceSession(str(variant_path(variant)), sess_options=options, providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(
+        str(variant_path(variant, settings().build_dir)), sess_options=options, providers=["CPUExecutionProvider"]
+    )
 
 
 def measure(session, ids: np.ndarray, mask: np.ndarray, seconds: float) -> float:
@@ -59,11 +71,10 @@ def measure(session, ids: np.ndarray, mask: np.ndarray, seconds: float) -> float
 
 def batch_plans(lengths: np.ndarray) -> dict[str, list[np.ndarray]]:
     """Ways to cut texts of these token lengths into encoder batches (row indices per batch)."""
-    groups = load_length_groups_module()
     order = np.argsort(lengths, kind="stable")
     rows = np.arange(len(lengths))
     return {
-        "sorted_served_groups": groups.plan_groups(lengths, grouping_limits(module=groups)),
+        "sorted_served_groups": plan_groups(lengths, grouping_limits(SOURCE_REPOSITORY)),
         f"sorted_batches_{FIXED_BATCH}": [order[i : i + FIXED_BATCH] for i in range(0, len(order), FIXED_BATCH)],
         f"arrival_batches_{FIXED_BATCH}": [rows[i : i + FIXED_BATCH] for i in range(0, len(rows), FIXED_BATCH)],
     }
@@ -83,8 +94,7 @@ def text_ceiling(
     alternating with the other plans; the best round counts. ``ceiling_per_s`` is the better of
     the sorted plans: the most the encoder can do on these texts here.
     """
-    module = load_text_tokenizer_module()
-    tokenizer = module.TextTokenizer(model_source_dir() / "tokenizer.json", max_length=config.MAX_SEQ_LEN_TOKENS)
+    tokenizer = TextTokenizer(model_source_dir() / config.TOKENIZER_FILE, max_length=config.MAX_SEQ_LEN_TOKENS)
     tokens = tokenizer.encode(texts)
     session = session_for(variant, os.cpu_count() or 1)
     plans = {name: batches for name, batches in batch_plans(tokens.lengths).items() if only is None or name in only}
@@ -124,7 +134,7 @@ def text_ceiling(
 def run(
     seconds: float = 3.0, variants=config.ENCODER_VARIANTS, batch_sizes=BATCH_SIZES, lengths=SEQUENCE_LENGTHS
 ) -> dict:
-    export_all()
+    export_all(settings().build_dir)
     threads = os.cpu_count() or 1
     texts = {16: texts_of_token_length(16, 10), 64: texts_of_token_length(64, 33)}
     rows = []

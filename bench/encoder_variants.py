@@ -31,12 +31,12 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-
-from bench.common import log, pyplot, save_figure, setup_logging, write_report
-from export.demo import prose_paragraphs
-from export.embeddings import load_text_tokenizer_module
-from export.encoder import export_all, model_source_dir, variant_path
 from headroom import config
+from headroom.export.demo import prose_paragraphs
+from headroom.export.encoder import export_all, model_source_dir, variant_path
+from headroom.text_tokenizer import TextTokenizer
+
+from bench.common import log, pyplot, save_figure, settings, setup_logging, write_report
 
 BATCH_SIZE = 32
 SHORT_MAX_TOKENS = 16
@@ -46,8 +46,7 @@ THREADS = 2
 
 
 def tokenizer():
-    module = load_text_tokenizer_module()
-    return module.TextTokenizer(model_source_dir() / config.TOKENIZER_FILE, max_length=config.MAX_SEQ_LEN_TOKENS)
+    return TextTokenizer(model_source_dir() / config.TOKENIZER_FILE, max_length=config.MAX_SEQ_LEN_TOKENS)
 
 
 def session_for(path: Path, threads: int = THREADS, spinning: bool = True):
@@ -88,15 +87,18 @@ def cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 def demo_datasets() -> dict:
     """Every demo tenant's labelled texts (``make heads`` writes the corpus tenants' files)."""
-    from export.datasets import load_labelled_file
-    from export.demo import write_demo_data
+    from headroom.export.datasets import load_labelled_file
+    from headroom.export.demo import write_demo_data
 
-    return {tenant.name: load_labelled_file(tenant.data_file) for tenant in write_demo_data()}
+    return {
+        tenant.name: load_labelled_file(tenant.data_file)
+        for tenant in write_demo_data(settings().build_dir / "demo_data")
+    }
 
 
 def train_heads(session, tokenize, datasets: dict) -> dict:
     """Each demo head trained on this variant's embeddings as ``make heads`` trains it."""
-    from export.heads import train_head
+    from headroom.export.heads import train_head
 
     def embed(texts):
         return encode_in_batches(session, tokenize, texts)
@@ -200,7 +202,7 @@ def measure_speed(paths: dict[str, Path], tokenize, workloads: dict[str, list[li
 
 def build_times(destination: Path) -> dict[str, float]:
     """Seconds to build each variant from scratch into ``destination`` (the build folder is not touched)."""
-    from export.encoder import export_fp32, export_int8, export_int8_static
+    from headroom.export.encoder import export_fp32, export_int8, export_int8_static
 
     paths = {name: variant_path(name, destination) for name in config.ENCODER_VARIANTS}
     builders = {
@@ -231,8 +233,9 @@ def run(
     time each variant's export from scratch (in a temporary folder; about a minute).
     """
     if variants is None:
-        export_all()
-        variants = {name: variant_path(name) for name in config.ENCODER_VARIANTS}
+        build_dir = settings().build_dir
+        export_all(build_dir)
+        variants = {name: variant_path(name, build_dir) for name in config.ENCODER_VARIANTS}
     if "fp32" not in variants:
         raise ValueError("fp32 is the reference: it must be one of the variants")
     tokenize = tokenizer()
@@ -318,7 +321,7 @@ def run(
 
 
 def _first_per_class(data, per_class: int):
-    from export.datasets import LabelledTexts
+    from headroom.export.datasets import LabelledTexts
 
     kept, seen = [], {}
     for text, label in zip(data.texts, data.labels, strict=True):

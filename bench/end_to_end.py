@@ -27,6 +27,10 @@ import statistics
 import tempfile
 from pathlib import Path
 
+from headroom import config
+from headroom.client.traffic import MIX_SIZE, real_text_mix
+from headroom.server.launcher import TritonServer
+
 from bench import encoder_ceiling
 from bench.common import (
     RESULTS_DIR,
@@ -44,9 +48,6 @@ from bench.common import (
     texts_of_token_length,
     write_report,
 )
-from client.traffic import MIX_SIZE, real_text_mix
-from headroom import config
-from server.triton import TritonServer
 
 LOAD_FRACTIONS = (0.25, 0.5, 0.75)
 #: Requests in flight at saturation with 1 text per request.

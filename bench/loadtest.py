@@ -5,7 +5,7 @@
     LOADTEST_DURATION=300 LOADTEST_USERS=64 .venv/bin/python bench/loadtest.py
 
 If a headroom server answers at ``--url`` (``GET /v2/health/ready`` is 200 and model ``pipeline`` is
-ready), the test runs against it. Otherwise this script starts one itself (``server.triton``) on the
+ready), the test runs against it. Otherwise this script starts one itself (``headroom.server.launcher``) on the
 URL's HTTP port, with gRPC and metrics on the configured ports (or, when the URL's port is not the
 configured one, on the next two ports: ``--url http://localhost:18000`` -> 18000/18001/18002), and
 stops it at the end; its log goes to ``<results-dir>/loadtest_tritonserver.log``.
@@ -32,10 +32,10 @@ import urllib.request
 from contextlib import ExitStack
 from pathlib import Path
 
-from client.headroom_client import default_http_url
-from client.traffic import EXPECTED_FAILURE_SHARE
 from headroom import config
-from server.triton import http_status
+from headroom.client.inference import default_http_url
+from headroom.client.traffic import EXPECTED_FAILURE_SHARE
+from headroom.server.launcher import http_status
 
 log = logging.getLogger("loadtest")
 
@@ -112,7 +112,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--repository",
         type=Path,
-        default=config.MODEL_REPOSITORY,
+        default=config.Settings.from_env().model_repository,
         help="model repository of the server started when none answers (default: the configured one)",
     )
     args = parser.parse_args(argv)
@@ -124,15 +124,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 # --- the server -------------------------------------------------------------------------------
-def server_address(http_url: str, grpc_url: str | None = None) -> config.ServerAddress:
-    """Ports of the server at ``http_url``: gRPC from ``grpc_url`` when given; otherwise the configured
-    gRPC and metrics ports when the URL uses the configured HTTP port, else the URL's port + 1 and + 2."""
+def server_address(
+    http_url: str, grpc_url: str | None = None, configured: config.ServerAddress | None = None
+) -> config.ServerAddress:
+    """Ports of the server at ``http_url``: gRPC from ``grpc_url`` when given; otherwise the
+    ``configured`` gRPC and metrics ports (default: the default ports) when the URL uses the
+    configured HTTP port, else the URL's port + 1 and + 2."""
+    configured = configured or config.ServerAddress()
     parsed = urllib.parse.urlsplit(http_url)
     if parsed.scheme != "http" or not parsed.hostname or not parsed.port:
         raise SystemExit(f"--url must look like http://host:port, got {http_url!r}")
     http_port = parsed.port
-    if http_port == config.HTTP_PORT:
-        grpc_port, metrics_port = config.GRPC_PORT, config.METRICS_PORT
+    if http_port == configured.http_port:
+        grpc_port, metrics_port = configured.grpc_port, configured.metrics_port
     else:
         grpc_port, metrics_port = http_port + 1, http_port + 2
     if grpc_url:
@@ -282,7 +286,8 @@ def main(argv: list[str] | None = None) -> int:
     args.results_dir = args.results_dir.resolve()
     args.results_dir.mkdir(parents=True, exist_ok=True)
     http_url = (args.url or default_http_url()).rstrip("/")
-    address = server_address(http_url, args.grpc_url or os.environ.get("HEADROOM_GRPC_URL"))
+    settings = config.Settings.from_env()
+    address = server_address(http_url, args.grpc_url or os.environ.get("HEADROOM_GRPC_URL"), settings.address)
     grpc_url = f"grpc://{address.host}:{address.grpc_port}"
     stats_csv = args.results_dir / f"{CSV_PREFIX}_stats.csv"
     stats_csv.unlink(missing_ok=True)  # never summarise a previous run's figures
@@ -292,7 +297,7 @@ def main(argv: list[str] | None = None) -> int:
         if server_answers(http_url):
             log.info("using the server at %s", http_url)
         else:
-            from server.triton import TritonServer
+            from headroom.server.launcher import TritonServer
 
             log_file = args.results_dir / f"{CSV_PREFIX}_tritonserver.log"
             log.info(

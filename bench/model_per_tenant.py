@@ -22,6 +22,11 @@ from pathlib import Path
 
 import onnx
 import onnx.compose
+from headroom import config
+from headroom.client.traffic import UNKNOWN_HEAD
+from headroom.export.encoder import variant_path
+from headroom.repository.head_store import versions_of
+from headroom.server.launcher import TritonServer
 
 from bench.baselines.tokenizer import MODEL_NAME as TOKENIZER_MODEL
 from bench.baselines.tokenizer import add_tokenizer_model
@@ -35,17 +40,13 @@ from bench.common import (
     pyplot,
     run_load,
     save_figure,
+    settings,
     settle_pss,
     setup_logging,
     system_repository,
     texts_of_token_length,
     write_report,
 )
-from client.traffic import UNKNOWN_HEAD
-from export.encoder import variant_path
-from export.head_store import versions_of
-from headroom import config
-from server.triton import TritonServer
 
 TENANT_COUNTS = (10, 20, 40)
 CONCURRENCY = 128
@@ -139,8 +140,7 @@ def headroom_repository(workdir: Path, variant: str, count: int) -> tuple[Path, 
 def baseline_traffic(tenants: list[str], texts: list[str]):
     import numpy as np
     import tritonclient.grpc as grpc_module
-
-    from client.traffic import TrafficMix
+    from headroom.client.traffic import TrafficMix
 
     mix = TrafficMix(tenants, texts, failure_share=0.0, seed=0)
 
@@ -191,8 +191,7 @@ def _grow_and_measure(
 def tokenizer_traffic(texts: list[str]):
     """Requests to the shared ``tokenizer`` alone: the baseline's warm-up before any tenant exists."""
     import tritonclient.grpc as grpc_module
-
-    from client.headroom_client import bytes_input
+    from headroom.client.inference import bytes_input
 
     counter = iter(range(1 << 62))
 
@@ -222,7 +221,7 @@ def memory_ratio(theirs_mib: float, ours_mib: float) -> float | None:
     return round(theirs_mib / ours_mib, 1) if ours_mib > 0 else None
 
 
-def run(counts=TENANT_COUNTS, seconds: float = 15.0, variant: str = config.ENCODER_VARIANT) -> dict:
+def run(counts=TENANT_COUNTS, seconds: float = 15.0, variant: str = config.DEFAULT_ENCODER_VARIANT) -> dict:
     counts = sorted(counts)
     texts = texts_of_token_length(16, 10)
     with tempfile.TemporaryDirectory(prefix="headroom-bench-") as tmp:
@@ -301,7 +300,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tenants", type=int, nargs="+", default=list(TENANT_COUNTS))
     parser.add_argument("--seconds", type=float, default=15.0, help="throughput run per point (default %(default)s)")
-    parser.add_argument("--variant", choices=config.ENCODER_VARIANTS, default=config.ENCODER_VARIANT)
+    parser.add_argument("--variant", choices=config.ENCODER_VARIANTS, default=settings().encoder_variant)
     args = parser.parse_args(argv)
     setup_logging()
     report = run(args.tenants, args.seconds, args.variant)

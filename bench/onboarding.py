@@ -5,7 +5,7 @@ with its topic, 18 topics; median 10 tokens, a long tail up to the truncation le
 drawn without replacement and 10,000 drawn with replacement (the files hold 1,230 distinct lines;
 every line is embedded each time it appears: nothing is cached). Against a server started for
 the run, each file is onboarded ``--repeats`` times as a new version of one head, with
-``HeadroomClient.onboard`` (what ``headroom onboard`` calls) and once with the ``headroom onboard``
+``Onboarding.onboard`` (what ``headroom onboard`` calls) and once with the ``headroom onboard``
 command itself (its wall time includes starting Python). Reported per size: total seconds and
 the split (reading, embedding, fitting, checking, writing, loading, first answer), medians over
 the repeats. Targets: 1,000 examples within 5 s, 10,000 within 30 s, first answer verified.
@@ -26,6 +26,12 @@ import tempfile
 import time
 from pathlib import Path
 
+from headroom import config
+from headroom.client.inference import HeadroomClient
+from headroom.client.onboarding import Onboarding
+from headroom.export.demo import CORPUS_TENANTS, corpus_examples
+from headroom.server.launcher import TritonServer
+
 from bench.common import (
     RESULTS_DIR,
     free_address,
@@ -37,10 +43,6 @@ from bench.common import (
     system_repository,
     write_report,
 )
-from client.headroom_client import HeadroomClient
-from export.demo import CORPUS_TENANTS, corpus_examples
-from headroom import config
-from server.triton import TritonServer
 
 SIZES = (1_000, 10_000)
 TARGETS_S = {1_000: 5.0, 10_000: 30.0}
@@ -72,7 +74,16 @@ def training_file(destination: Path, size: int, seed: int = 0) -> Path:
 
 def _cli_onboard(server: TritonServer, repository: Path, name: str, data: Path) -> tuple[float, str]:
     env = {**os.environ, "HEADROOM_MODEL_REPOSITORY": str(repository)}
-    command = [sys.executable, "-m", "client.cli", "onboard", "--url", server.address.grpc_url, name, str(data)]
+    command = [
+        sys.executable,
+        "-m",
+        "headroom.client.cli",
+        "onboard",
+        "--url",
+        server.address.grpc_url,
+        name,
+        str(data),
+    ]
     started = time.perf_counter()
     done = subprocess.run(command, capture_output=True, text=True, env=env, cwd=config.PROJECT_ROOT, timeout=600)
     elapsed = time.perf_counter() - started
@@ -81,20 +92,21 @@ def _cli_onboard(server: TritonServer, repository: Path, name: str, data: Path) 
     return elapsed, done.stdout.strip().splitlines()[-1]
 
 
-def run(sizes=SIZES, repeats: int = 3, variant: str = config.ENCODER_VARIANT) -> dict:
+def run(sizes=SIZES, repeats: int = 3, variant: str = config.DEFAULT_ENCODER_VARIANT) -> dict:
     rows = []
     with tempfile.TemporaryDirectory(prefix="headroom-bench-") as tmp:
         workdir = Path(tmp)
         repository = system_repository(workdir / "repo", variant)
         state_dir = config.state_dir_for(repository)
         with TritonServer(free_address(), repository, log_file=RESULTS_DIR / "onboarding.log") as server:
-            with HeadroomClient(server.address.grpc_url, repository=repository, state_dir=state_dir) as client:
-                client.onboard("warmup", training_file(workdir / "warmup.jsonl", 100))  # first-use costs
+            with HeadroomClient(server.address.grpc_url) as client:
+                onboarding = Onboarding(client, repository, state_dir)
+                onboarding.onboard("warmup", training_file(workdir / "warmup.jsonl", 100))  # first-use costs
                 for size in sizes:
                     data = training_file(workdir / f"mixed{size}.jsonl", size)
                     runs = []
                     for repeat in range(repeats):
-                        result = client.onboard(f"mixed{size}", data)
+                        result = onboarding.onboard(f"mixed{size}", data)
                         runs.append({"total": result.seconds_total, **result.timings, "version": result.version})
                         log.info(
                             "%d examples, run %d: %.2f s (%s)",

@@ -368,7 +368,7 @@ def run(
     ``concurrency`` clients send 1-text requests; requests of more texts use ``batch_concurrency`` clients
     (default ``max(2, concurrency // 8)``: enough to keep infinity's batch queue full without piling up).
     """
-    from export.encoder import model_source_dir
+    from headroom.export.encoder import model_source_dir
 
     if not texts:
         raise ValueError("no texts to send")

@@ -13,11 +13,16 @@ the ``bench:summary`` markers, so the README always shows the latest run.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import time
 from pathlib import Path
 
+from headroom import config
+from headroom.client.traffic import MIX_SIZE
+
 from bench import (
+    common,
     dense_heads,
     density,
     encoder_ceiling,
@@ -29,8 +34,6 @@ from bench import (
     tuning,
 )
 from bench.common import RESULTS_DIR, log, machine_info, setup_logging, write_report
-from client.traffic import MIX_SIZE
-from headroom import config
 
 README = config.PROJECT_ROOT / "README.md"
 START_MARKER = "<!-- bench:summary:start -->"
@@ -60,7 +63,7 @@ QUICK = {
     "variant_rounds": None,
     "peer_s": 3.0,
     "e2e_s": 2.0,
-    "e2e_variants": (config.ENCODER_VARIANT,),
+    "e2e_variants": None,  # the served variant (HEADROOM_ENCODER_VARIANT) only
     "mix_size": 300,
     "e2e_rounds": 1,
     "peer_texts": ("mix",),
@@ -89,7 +92,8 @@ def _ratio(a: float | None, b: float | None) -> str:
 
 def _real_text_rows(reports: dict) -> list[str]:
     e2e = reports["end_to_end"]
-    default = config.ENCODER_VARIANT if config.ENCODER_VARIANT in e2e["variants"] else next(iter(e2e["variants"]))
+    served = common.settings().encoder_variant
+    default = served if served in e2e["variants"] else next(iter(e2e["variants"]))
     mix = e2e["variants"][default]["text_sets"]["mix"]
     ceiling = mix["ceiling"]["ceiling_per_s"]
     batch = e2e["batch_texts"]
@@ -303,6 +307,7 @@ def run_peer(settings: dict) -> dict:
 
 def run(quick: bool = False, with_tuning: bool = True, readme: Path | None = README) -> dict:
     settings = QUICK if quick else FULL
+    variant = common.settings().encoder_variant  # the one `make serve` installs
     started = time.perf_counter()
     reports: dict = {}
     steps = 9 if with_tuning else 8
@@ -317,7 +322,7 @@ def run(quick: bool = False, with_tuning: bool = True, readme: Path | None = REA
     step(2, "end to end against the ceiling: texts of real length and short texts, latency under load")
     reports["end_to_end"] = end_to_end.run(
         settings["e2e_s"],
-        settings["e2e_variants"],
+        settings["e2e_variants"] or (variant,),
         mix_size=settings["mix_size"],
         rounds=settings["e2e_rounds"],
     )
@@ -329,7 +334,7 @@ def run(quick: bool = False, with_tuning: bool = True, readme: Path | None = REA
         write_report(f"peer_infinity_{name}", peer)
         peer_infinity.plot({"machine": machine_info(), **peer}, RESULTS_DIR / f"peer_infinity_{name}.png")
     step(4, "onboarding files of real length")
-    reports["onboarding"] = onboarding.run(settings["onboarding_sizes"], settings["onboarding_repeats"])
+    reports["onboarding"] = onboarding.run(settings["onboarding_sizes"], settings["onboarding_repeats"], variant)
     write_report("onboarding", reports["onboarding"])
     onboarding.plot(reports["onboarding"])
     if settings["variant_rounds"]:
@@ -338,20 +343,20 @@ def run(quick: bool = False, with_tuning: bool = True, readme: Path | None = REA
         write_report("encoder_variants", reports["encoder_variants"])
         encoder_variants.plot(reports["encoder_variants"])
     step(6, "one model per tenant")
-    reports["tenants"] = model_per_tenant.run(settings["tenants"], settings["tenant_s"])
+    reports["tenants"] = model_per_tenant.run(settings["tenants"], settings["tenant_s"], variant)
     write_report("model_per_tenant", reports["tenants"])
     model_per_tenant.plot(reports["tenants"])
     step(7, "density")
-    reports["density"] = density.run(settings["density_heads"], settings["density_examples"])
+    reports["density"] = density.run(settings["density_heads"], settings["density_examples"], variant)
     write_report("density", reports["density"])
     density.plot(reports["density"])
     step(8, f"dense heads: {settings['dense'].heads} heads")
-    reports["dense_heads"] = dense_heads.run(settings["dense"])
+    reports["dense_heads"] = dense_heads.run(dataclasses.replace(settings["dense"], variant=variant))
     write_report("dense_heads", reports["dense_heads"])
     dense_heads.plot(reports["dense_heads"])
     if with_tuning:
         step(9, "tuning")
-        reports["tuning"] = tuning.run(settings["tuning_s"])
+        reports["tuning"] = tuning.run(settings["tuning_s"], variant)
         write_report("tuning", reports["tuning"])
     summary = summary_markdown(reports, time.perf_counter() - started)
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)

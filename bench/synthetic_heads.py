@@ -24,11 +24,11 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-from onnx import TensorProto, helper, numpy_helper
-
-from export.head_store import HEAD_INFO_FILE, LABELS_FILE, registration_config
-from export.heads import HEAD_INPUT, HEAD_IR_VERSION, HEAD_OPSET, HEAD_OUTPUT, TrainedHead, head_to_onnx
 from headroom import config
+from headroom.export.heads import HEAD_IR_VERSION, HEAD_OPSET, TrainedHead, head_to_onnx
+from headroom.head_format import HEAD_INPUT, HEAD_OUTPUT
+from headroom.repository.head_store import HEAD_INFO_FILE, LABELS_FILE, registration_config
+from onnx import TensorProto, helper, numpy_helper
 
 MIN_CLASSES = 2
 MAX_CLASSES = 20

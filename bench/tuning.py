@@ -21,6 +21,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 from google.protobuf import text_format
+from headroom import config
+from headroom.client.traffic import real_text_mix
+from headroom.server.launcher import TritonServer
 from tritonclient.grpc import model_config_pb2
 
 from bench.common import (
@@ -30,14 +33,12 @@ from bench.common import (
     log,
     pipeline_traffic,
     run_load,
+    settings,
     setup_logging,
     system_repository,
     texts_of_token_length,
     write_report,
 )
-from client.traffic import real_text_mix
-from headroom import config
-from server.triton import TritonServer
 
 CONCURRENCY = 256
 ModelConfig = model_config_pb2.ModelConfig
@@ -142,7 +143,10 @@ def edit_config(path: Path, edit: Edit) -> None:
 
 
 def run(
-    seconds: float = 10.0, variant: str = config.ENCODER_VARIANT, texts: str = "mix", candidates: dict = CANDIDATES
+    seconds: float = 10.0,
+    variant: str = config.DEFAULT_ENCODER_VARIANT,
+    texts: str = "mix",
+    candidates: dict = CANDIDATES,
 ) -> dict:
     chosen = real_text_mix() if texts == "mix" else texts_of_token_length(16, 10)
     rows = []
@@ -192,7 +196,7 @@ def run(
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=10.0)
-    parser.add_argument("--variant", choices=config.ENCODER_VARIANTS, default=config.ENCODER_VARIANT)
+    parser.add_argument("--variant", choices=config.ENCODER_VARIANTS, default=settings().encoder_variant)
     parser.add_argument("--texts", choices=("mix", "short"), default="mix")
     parser.add_argument("--only", nargs="+", help="measure only these candidates (and the shipped configuration)")
     args = parser.parse_args(argv)

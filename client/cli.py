@@ -1,20 +1,23 @@
-"""The ``headroom`` command: serve, export, build demo heads, onboard, offboard, list, classify.
+"""The ``headroom`` command: classify, list, onboard, offboard; serve, export and heads.
 
-Every subcommand has ``--help``; failures print one clear line to stderr and exit non-zero.
-``classify`` doubles as a smoke test: it exits 1 when any text gets no label.
+Client subcommands live here; ``serve`` comes from ``headroom.server.cli`` and ``export``/``heads``
+from ``headroom.export.cli``. Settings come from the environment when the command starts
+(``headroom.config.Settings``), flags override them. Every subcommand has ``--help``; failures
+print one clear line to stderr and exit non-zero. ``classify`` doubles as a smoke test: it exits
+1 when any text gets no label.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
-import signal
 import sys
-import threading
+from contextlib import contextmanager
 from pathlib import Path
 
-from client import bulk_files
 from headroom import config
+from headroom.client import bulk_files
+from headroom.console import status
 
 log = logging.getLogger("headroom")
 
@@ -22,129 +25,46 @@ log = logging.getLogger("headroom")
 def _setup_logging(verbose: bool) -> None:
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     level = logging.DEBUG if verbose else logging.INFO
-    for name in ("headroom", "export", "server", "client"):
-        logging.getLogger(name).setLevel(level)
+    logging.getLogger("headroom").setLevel(level)
 
 
 def _client(args: argparse.Namespace):
-    from client.headroom_client import HeadroomClient
     from headroom.admin_key import AdminKeyError, load_admin_key
+    from headroom.client.inference import HeadroomClient
 
-    repository = Path(args.repository)
+    settings: config.Settings = args.settings
     admin_key = None  # the client's default: HEADROOM_ADMIN_KEY, else the key file
+    key_file = config.admin_key_file_for(config.state_dir_for(Path(args.repository)))
     if getattr(args, "admin_key_file", None):
         key_file = Path(args.admin_key_file)
         admin_key = load_admin_key(key_file, environ={})  # an explicit file wins over the environment
         if admin_key is None:
             raise AdminKeyError(f"admin key file {key_file} does not exist")
     return HeadroomClient(
-        args.url, repository=repository, state_dir=config.state_dir_for(repository), admin_key=admin_key
+        args.url,
+        concurrency=settings.client_concurrency,
+        timeout_s=settings.client_timeout_s,
+        admin_key=admin_key,
+        admin_key_file=key_file,
     )
 
 
-def _display_path(path: Path) -> str:
-    """``path`` relative to the working directory when it is below it."""
-    try:
-        return str(path.resolve().relative_to(Path.cwd()))
-    except ValueError:
-        return str(path)
+@contextmanager
+def _onboarding(args: argparse.Namespace):
+    """An ``Onboarding`` into ``--repository`` through the server at ``--url``."""
+    from headroom.client.onboarding import Onboarding
 
-
-def serve_admin_key(state_dir: Path) -> str:
-    """The key ``serve`` protects the control plane with (created on first run), and where it is."""
-    from headroom.admin_key import ensure_admin_key, fingerprint
-
-    admin = ensure_admin_key(config.admin_key_file_for(state_dir))
-    if admin.path is None:
-        where = f"from {config.ADMIN_KEY_ENV} ({fingerprint(admin.key)})"
-    else:
-        where = f"{'created' if admin.created else 'in'} {_display_path(admin.path)}"
-    print(
-        f"admin key: {where} (send it as header {config.ADMIN_KEY_HEADER}, over gRPC as "
-        f"{config.ADMIN_KEY_GRPC_HEADER}; the headroom CLI reads it from there)"
-    )
-    return admin.key
-
-
-# --- subcommands -----------------------------------------------------------------------------
-def cmd_export(args: argparse.Namespace) -> int:
-    from export.demo import DEMO_TENANTS
-    from export.encoder import export_all, install_encoder, read_encoder_info, sha256_of, variant_path
-    from export.head_store import heads_trained_for
-
+    settings: config.Settings = args.settings
     repository = Path(args.repository)
-    with _status(f"exporting the encoder ({', '.join(config.ENCODER_VARIANTS)}) to {config.BUILD_DIR}"):
-        export_all(force=args.force)
-    try:
-        installed = read_encoder_info(repository)
-    except FileNotFoundError:
-        installed = None
-    wanted = f"sha256:{sha256_of(variant_path(args.variant))}"
-    if installed is not None and installed["fingerprint"] != wanted and not args.switch_encoder:
-        # Demo heads are retrained by `headroom heads`; a tenant's head would be refused until onboarded again.
-        stranded = [h for h in heads_trained_for(installed["fingerprint"], repository) if h not in DEMO_TENANTS]
-        if stranded:
-            shown = ", ".join(stranded[:5]) + (f" and {len(stranded) - 5} more" if len(stranded) > 5 else "")
-            print(
-                f"encoder: keeping the installed {installed['variant']} variant, not {args.variant}: "
-                f"{len(stranded)} onboarded head(s) were trained for it ({shown}) and would be refused. "
-                f"To switch, run `headroom export --variant {args.variant} --switch-encoder` and onboard them again; "
-                f"to keep it quietly, set HEADROOM_ENCODER_VARIANT={installed['variant']}.",
-                file=sys.stderr,
-            )
-            return 0
-    info = install_encoder(args.variant, repository)
-    print(f"encoder: {info['variant']} variant installed, fingerprint {info['fingerprint']}")
-    return 0
-
-
-def cmd_heads(args: argparse.Namespace) -> int:
-    from export.tenants import build_demo_heads
-
-    repository = Path(args.repository)
-    for name, metrics in build_demo_heads(repository, config.state_dir_for(repository)):
-        print(
-            f"head {name:<12} accuracy {metrics['holdout_accuracy']:.3f}  macro-F1 {metrics['holdout_macro_f1']:.3f}"
-            f"  ({metrics['classes']} classes, {metrics['holdout_examples']} held out)"
+    with _client(args) as client:
+        yield Onboarding(
+            client,
+            repository,
+            config.state_dir_for(repository),
+            lock_timeout_s=settings.head_lock_timeout_s,
+            load_timeout_s=settings.load_timeout_s,
+            regularisation_c=settings.head_regularisation_c,
         )
-    return 0
-
-
-def cmd_serve(args: argparse.Namespace) -> int:
-    from export.head_store import clean_staging, upgrade_registrations
-    from server.triton import TritonServer
-
-    address = config.ServerAddress(args.host, args.http_port, args.grpc_port, args.metrics_port)
-    state_dir = config.state_dir_for(Path(args.repository))
-    cleaned = clean_staging(state_dir)
-    if cleaned:
-        log.info("removed %d unfinished onboarding(s) from %s", cleaned, state_dir / "staging")
-    for name in upgrade_registrations(Path(args.repository)):
-        log.info("head %s: registered with the shared executor (was its own ONNX Runtime model)", name)
-    server = TritonServer(address, Path(args.repository), admin_key=serve_admin_key(state_dir))
-    stop = threading.Event()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, lambda *_: stop.set())
-    server.start()
-    try:
-        with _status("waiting for Triton to load the models"):
-            failed = server.wait_ready(stop=stop)
-        heads = [m for m in server.models if m.startswith(config.HEAD_MODEL_PREFIX) and m not in failed]
-        print(
-            f"headroom is serving {len(heads)} heads: HTTP {address.http_url}  gRPC {address.grpc_url}  "
-            f"metrics http://{address.host}:{address.metrics_port}/metrics"
-        )
-        for name in failed:
-            print(f"warning: {name} failed to load; see the server log above", file=sys.stderr)
-        print("Ctrl-C to stop.")
-        while not stop.wait(0.5):
-            if server.process is None or server.process.poll() is not None:
-                print("error: tritonserver exited", file=sys.stderr)
-                return 1
-    finally:
-        print("stopping tritonserver (in-flight requests finish first)...")
-        server.stop()
-    return 0
 
 
 def cmd_onboard(args: argparse.Namespace) -> int:
@@ -153,8 +73,8 @@ def cmd_onboard(args: argparse.Namespace) -> int:
             raise ValueError("onboard NAME --onnx head.onnx --labels labels.txt takes no training file")
         if args.labels is None:
             raise ValueError("--onnx needs --labels: the head's labels, one per line in output order")
-        with _client(args) as client, _status(f"onboarding {args.name} from {args.onnx}"):
-            result = client.onboard_model(args.name, args.onnx, args.labels, args.encoder_fingerprint)
+        with _onboarding(args) as onboarding, status(f"onboarding {args.name} from {args.onnx}"):
+            result = onboarding.onboard_model(args.name, args.onnx, args.labels, args.encoder_fingerprint)
         print(
             f"onboarded {result.name} v{result.version} from {args.onnx} "
             f"({result.seconds_total:.2f} s, first answer {result.seconds_to_first_answer:.2f} s after loading)"
@@ -164,8 +84,8 @@ def cmd_onboard(args: argparse.Namespace) -> int:
         raise ValueError("onboard needs a training file (NAME data.jsonl) or a head (NAME --onnx FILE --labels FILE)")
     if args.labels is not None or args.encoder_fingerprint is not None:
         raise ValueError("--labels and --encoder-fingerprint go with --onnx; a training file brings its own")
-    with _client(args) as client:
-        result = client.onboard(args.name, args.data_file, progress=True)
+    with _onboarding(args) as onboarding:
+        result = onboarding.onboard(args.name, args.data_file, progress=True)
     m = result.metrics
     split = ", ".join(f"{step.replace('_', ' ')} {seconds:.3f}" for step, seconds in result.timings.items())
     print(
@@ -177,8 +97,8 @@ def cmd_onboard(args: argparse.Namespace) -> int:
 
 
 def cmd_offboard(args: argparse.Namespace) -> int:
-    with _client(args) as client:
-        archived = client.offboard(args.name)
+    with _onboarding(args) as onboarding:
+        archived = onboarding.offboard(args.name)
     print(f"offboarded {args.name}" + (f"; files archived in {archived}" if archived else ""))
     return 0
 
@@ -200,7 +120,9 @@ def cmd_classify(args: argparse.Namespace) -> int:
         if args.head is None:
             raise ValueError("classify TEXT... needs --head")
         with _client(args) as client:
-            results = client.classify(args.texts, args.head, return_errors=True)
+            results = client.classify(
+                args.texts, args.head, return_errors=True, batch_size=args.settings.client_batch_size
+            )
         if args.output is None and args.output_format is None:
             return _print_results(results)
         records = [bulk_files.Record(text) for text in args.texts]
@@ -216,10 +138,16 @@ def cmd_classify(args: argparse.Namespace) -> int:
         # Blocks keep memory bounded on long inputs; inside one, texts travel in length-sorted chunks.
         results: list = []
         with _progress(len(records), "classify") as bar:
-            for start in range(0, len(records), config.CLI_BLOCK_TEXTS):
-                block = records[start : start + config.CLI_BLOCK_TEXTS]
+            block_texts = args.settings.cli_block_texts
+            for start in range(0, len(records), block_texts):
+                block = records[start : start + block_texts]
                 texts = [record.text for record in block]
-                results += client.classify(texts, heads[start : start + len(block)], return_errors=True)
+                results += client.classify(
+                    texts,
+                    heads[start : start + len(block)],
+                    return_errors=True,
+                    batch_size=args.settings.client_batch_size,
+                )
                 bar.update(len(block))
     return _write_results(args, records, heads, results)
 
@@ -260,34 +188,17 @@ def _progress(total: int, description: str):
     return tqdm(total=total, desc=description, unit="text", disable=None, file=sys.stderr)
 
 
-# --- plumbing --------------------------------------------------------------------------------
-class _status:
-    """A spinner with a message on a terminal; a plain log line otherwise."""
+def build_parser(settings: config.Settings | None = None) -> argparse.ArgumentParser:
+    from headroom.export import cli as export_cli
+    from headroom.server import cli as server_cli
 
-    def __init__(self, message: str) -> None:
-        self.message = message
-        self._context = None
-
-    def __enter__(self) -> None:
-        if sys.stderr.isatty():
-            from rich.console import Console
-
-            self._context = Console(stderr=True).status(self.message)
-            self._context.__enter__()
-        else:
-            log.info("%s ...", self.message)
-
-    def __exit__(self, *exc_info: object) -> None:
-        if self._context is not None:
-            self._context.__exit__(*exc_info)
-
-
-def build_parser() -> argparse.ArgumentParser:
+    settings = settings or config.Settings.from_env()
     parser = argparse.ArgumentParser(prog="headroom", description="Multi-tenant text classification on Triton.")
+    parser.set_defaults(settings=settings)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     parser.add_argument(
         "--repository",
-        default=str(config.MODEL_REPOSITORY),
+        default=str(settings.model_repository),
         help="model repository folder (env HEADROOM_MODEL_REPOSITORY; default %(default)s)",
     )
     sub = parser.add_subparsers(dest="command", required=True)
@@ -295,7 +206,7 @@ def build_parser() -> argparse.ArgumentParser:
     def with_url(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
         p.add_argument(
             "--url",
-            default=config.DEFAULT_URL,
+            default=settings.url,
             help="server, http://host:port or grpc://host:port (env HEADROOM_URL; default %(default)s)",
         )
         return p
@@ -308,37 +219,8 @@ def build_parser() -> argparse.ArgumentParser:
         )
         return with_url(p)
 
-    p = sub.add_parser("serve", help="run Triton with the model repository (Ctrl-C to stop)")
-    p.add_argument("--host", default=config.HOST, help="host name printed in URLs (default %(default)s)")
-    p.add_argument(
-        "--http-port", type=int, default=config.HTTP_PORT, help="env HEADROOM_HTTP_PORT (default %(default)s)"
-    )
-    p.add_argument(
-        "--grpc-port", type=int, default=config.GRPC_PORT, help="env HEADROOM_GRPC_PORT (default %(default)s)"
-    )
-    p.add_argument(
-        "--metrics-port", type=int, default=config.METRICS_PORT, help="env HEADROOM_METRICS_PORT (default %(default)s)"
-    )
-    p.set_defaults(func=cmd_serve)
-
-    p = sub.add_parser("export", help="export the encoder to ONNX (every variant) and install one")
-    p.add_argument(
-        "--variant",
-        choices=config.ENCODER_VARIANTS,
-        default=config.ENCODER_VARIANT,
-        help="variant to serve (env HEADROOM_ENCODER_VARIANT; default %(default)s)",
-    )
-    p.add_argument("--force", action="store_true", help="re-export even if the files exist")
-    p.add_argument(
-        "--switch-encoder",
-        action="store_true",
-        help="install the variant even when onboarded heads were trained for the installed encoder "
-        "(they are refused until onboarded again); without it, such a repository keeps its encoder",
-    )
-    p.set_defaults(func=cmd_export)
-
-    p = sub.add_parser("heads", help="build the demo tenants' heads that are missing or stale")
-    p.set_defaults(func=cmd_heads)
+    server_cli.add_parser(sub, settings)
+    export_cli.add_parsers(sub, settings)
 
     p = with_admin_key(
         sub.add_parser(

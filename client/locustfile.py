@@ -39,15 +39,14 @@ from dataclasses import dataclass
 
 import gevent
 from gevent import monkey
+from headroom import config
+from headroom.admin_key import admin_headers, load_admin_key
+from headroom.client.inference import bytes_input, default_http_url, message_of, parse_url, status_of
+from headroom.client.traffic import EXPECTED_FAILURE_SHARE, TrafficMix, real_text_mix
+from headroom.naming import head_name_of
 from locust import FastHttpUser, User, constant, events, task
 from locust.runners import MasterRunner, WorkerRunner
 from locust.stats import PERCENTILES_TO_REPORT, StatsCSV
-
-from client.headroom_client import bytes_input, default_http_url, message_of, parse_url, status_of
-from client.traffic import EXPECTED_FAILURE_SHARE, TrafficMix, real_text_mix
-from headroom import config
-from headroom.admin_key import admin_headers, load_admin_key
-from headroom.naming import head_name_of
 
 if monkey.is_module_patched("socket"):
     # Under locust (gevent-patched), grpcio must run in gevent mode, or each blocking call would
@@ -75,7 +74,7 @@ def default_grpc_url() -> str:
     for url in (os.environ.get(GRPC_URL_ENV, ""), os.environ.get("HEADROOM_URL", "")):
         if url.startswith("grpc://"):
             return url.rstrip("/")
-    return config.ServerAddress().grpc_url
+    return config.Settings.from_env().address.grpc_url
 
 
 # --- the outcome of one request (pure logic, unit-tested) ---------------------------------------
@@ -126,7 +125,7 @@ def discover_heads(http_url: str, timeout_s: float = 10.0) -> list[str]:
     The index is part of the protected control plane: the admin key (``HEADROOM_ADMIN_KEY`` or
     the key file, README "Security") is sent when there is one.
     """
-    headers = admin_headers(load_admin_key(), "http") or {}
+    headers = admin_headers(load_admin_key(config.Settings.from_env().admin_key_file), "http") or {}
     request = urllib.request.Request(
         f"{http_url.rstrip('/')}/v2/repository/index", data=b"", method="POST", headers=headers
     )
@@ -291,8 +290,8 @@ class HttpPipelineUser(_PipelineUserMixin, FastHttpUser):
 
     host = default_http_url()
     wait_time = constant(0)
-    network_timeout = float(config.CLIENT_TIMEOUT_S)
-    connection_timeout = float(config.CLIENT_TIMEOUT_S)
+    network_timeout = float(config.DEFAULT_CLIENT_TIMEOUT_S)
+    connection_timeout = float(config.DEFAULT_CLIENT_TIMEOUT_S)
 
     def on_start(self) -> None:
         self._start_traffic()
@@ -353,7 +352,7 @@ class GrpcPipelineUser(_PipelineUserMixin, User):
         started = time.perf_counter()
         try:
             result = self.client.infer(
-                PIPELINE_NAME, inputs, outputs=self._outputs, client_timeout=config.CLIENT_TIMEOUT_S
+                PIPELINE_NAME, inputs, outputs=self._outputs, client_timeout=config.DEFAULT_CLIENT_TIMEOUT_S
             )
         except Exception as exc:  # InferenceServerException, or a client-side error
             elapsed_ms = (time.perf_counter() - started) * 1000

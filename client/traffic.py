@@ -21,7 +21,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-
 from headroom import config
 
 ZIPF_EXPONENT = 1.1
@@ -38,9 +37,9 @@ def zipf_weights(count: int, exponent: float = ZIPF_EXPONENT) -> np.ndarray:
     return weights / weights.sum()
 
 
-def demo_texts(limit: int | None = None) -> list[str]:
-    """Texts of the demo tenants' training files (what ``make heads`` writes and ships)."""
-    files = sorted((config.BUILD_DIR / "demo_data").glob("*.jsonl")) + sorted(config.DEMO_DATA_DIR.glob("*.jsonl"))
+def demo_texts(limit: int | None = None, build_dir: Path = config.DEFAULT_BUILD_DIR) -> list[str]:
+    """Texts of the demo tenants' training files (what ``make heads`` writes under ``build_dir`` and ships)."""
+    files = sorted((Path(build_dir) / "demo_data").glob("*.jsonl")) + sorted(config.DEMO_DATA_DIR.glob("*.jsonl"))
     texts: list[str] = []
     for path in files:
         for line in Path(path).read_text(encoding="utf-8").splitlines():
@@ -65,7 +64,7 @@ def prose_sentences(paragraphs: Sequence[str]) -> list[str]:
 
 def real_text_mix(size: int = MIX_SIZE, seed: int = MIX_SEED, shares: Sequence[float] = MIX_SHARES) -> list[str]:
     """``size`` texts of real, long-tailed length (see the module docstring), always the same for a seed."""
-    from export.demo import prose_paragraphs
+    from headroom.export.demo import prose_paragraphs
 
     paragraphs = prose_paragraphs()
     pools = (demo_texts(), prose_sentences(paragraphs), paragraphs)

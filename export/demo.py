@@ -61,7 +61,7 @@ def corpus_examples(topics: tuple[str, ...]) -> list[dict[str, str]]:
     return examples
 
 
-def write_demo_data(destination: Path = config.BUILD_DIR / "demo_data") -> list[DemoTenant]:
+def write_demo_data(destination: Path) -> list[DemoTenant]:
     """Materialise every demo tenant's training file as JSONL; returns them in order."""
     destination.mkdir(parents=True, exist_ok=True)
     tenants = []

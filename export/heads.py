@@ -8,19 +8,18 @@ stratified 20 % hold-out; the exported head is then refitted on all examples.
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 import onnx
+from headroom import config
+from headroom.export.datasets import LabelledTexts
+from headroom.head_format import FINGERPRINT_KEY, HEAD_INPUT, HEAD_OUTPUT, LABELS_KEY, METRICS_KEY
 from onnx import TensorProto, helper, numpy_helper
 
-from export.datasets import LabelledTexts
-from headroom import config
-
-HEAD_INPUT = "sentence_embedding"
-HEAD_OUTPUT = "probabilities"
 HEAD_OPSET = 17
 #: IR version 8 keeps heads loadable by the ONNX Runtime inside Triton 24.x containers.
 HEAD_IR_VERSION = 8
@@ -42,11 +41,11 @@ class TrainedHead:
         return exp / exp.sum(axis=1, keepdims=True)
 
 
-def _fit(embeddings: np.ndarray, labels: list[str]):
+def _fit(embeddings: np.ndarray, labels: list[str], regularisation_c: float):
     from sklearn.linear_model import LogisticRegression
     from threadpoolctl import threadpool_limits
 
-    model = LogisticRegression(C=config.HEAD_REGULARISATION_C, max_iter=2000, random_state=config.TRAINING_SEED)
+    model = LogisticRegression(C=regularisation_c, max_iter=2000, random_state=config.TRAINING_SEED)
     # One BLAS thread: the matrices are small ([examples, 384] x [384, classes]), and BLAS threads
     # that wait for each other made a fit of 1,000 examples 11x slower (3.0 s against 0.26 s)
     # while the server used the other core.
@@ -55,7 +54,9 @@ def _fit(embeddings: np.ndarray, labels: list[str]):
     return model
 
 
-def train_head(data: LabelledTexts, embed: Embedder) -> TrainedHead:
+def train_head(
+    data: LabelledTexts, embed: Embedder, regularisation_c: float = config.DEFAULT_HEAD_REGULARISATION_C
+) -> TrainedHead:
     """Embed the texts, measure on a stratified hold-out, refit on everything."""
     from sklearn.metrics import accuracy_score, f1_score
     from sklearn.model_selection import train_test_split
@@ -73,7 +74,7 @@ def train_head(data: LabelledTexts, embed: Embedder) -> TrainedHead:
     train_x, test_x, train_y, test_y = train_test_split(
         embeddings, labels, test_size=test_size, stratify=labels, random_state=config.TRAINING_SEED
     )
-    holdout_model = _fit(train_x, list(train_y))
+    holdout_model = _fit(train_x, list(train_y), regularisation_c)
     predicted = holdout_model.predict(test_x)
     metrics = {
         "holdout_accuracy": round(float(accuracy_score(test_y, predicted)), 4),
@@ -82,7 +83,7 @@ def train_head(data: LabelledTexts, embed: Embedder) -> TrainedHead:
         "holdout_examples": int(len(test_y)),
         "classes": n_classes,
     }
-    final = _fit(embeddings, list(labels))
+    final = _fit(embeddings, list(labels), regularisation_c)
     classes = [str(c) for c in final.classes_]
     weights = final.coef_.astype(np.float32)
     bias = final.intercept_.astype(np.float32)
@@ -121,3 +122,16 @@ def head_to_onnx(head: TrainedHead, metadata: dict[str, str] | None = None) -> o
         model.metadata_props.append(onnx.StringStringEntryProto(key=key, value=value))
     onnx.checker.check_model(model)
     return model
+
+
+def exported_head(head: TrainedHead, fingerprint: str) -> bytes:
+    """A trained head's ONNX file, with its labels, encoder fingerprint and metrics as metadata."""
+    model = head_to_onnx(
+        head,
+        metadata={
+            LABELS_KEY: json.dumps(head.labels),
+            FINGERPRINT_KEY: fingerprint,
+            METRICS_KEY: json.dumps(head.metrics),
+        },
+    )
+    return model.SerializeToString()

@@ -13,9 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-
 from headroom import config
-from server.triton import TritonServer, free_address, triton_dir
+from headroom.server.launcher import TritonServer, free_address, triton_dir
 
 # Unit tests import helper modules from model_repository/: never leave a __pycache__ there
 # (Triton takes a changed model folder as a changed model).
@@ -46,9 +45,15 @@ def python_backend_utils_on_path() -> None:
 
 
 @pytest.fixture(scope="session")
-def built_repository() -> Path:
+def settings() -> config.Settings:
+    """The environment's settings (``make test`` builds into the repository and build folder they name)."""
+    return config.Settings.from_env()
+
+
+@pytest.fixture(scope="session")
+def built_repository(settings: config.Settings) -> Path:
     """The project's repository, checked to hold what `make heads` builds."""
-    repository = config.MODEL_REPOSITORY
+    repository = settings.model_repository
     missing = [
         p
         for p in [config.encoder_version_dir(repository) / "model.onnx"]
@@ -79,10 +84,16 @@ class ServerHandle:
 
     def client(self, url: str | None = None, **kwargs):
         """A client of this server that sends the admin key (pass ``admin_key=""`` for none)."""
-        from client.headroom_client import HeadroomClient
+        from headroom.client.inference import HeadroomClient
 
         kwargs.setdefault("admin_key", self.admin_key)
-        return HeadroomClient(url or self.http_url, repository=self.repository, state_dir=self.state_dir, **kwargs)
+        return HeadroomClient(url or self.http_url, **kwargs)
+
+    def onboarding(self, client, **kwargs):
+        """Onboarding into this server's repository (and state folder) through ``client``."""
+        from headroom.client.onboarding import Onboarding
+
+        return Onboarding(client, self.repository, self.state_dir, **kwargs)
 
     def admin_headers(self, protocol: str = "http") -> dict[str, str] | None:
         """Headers carrying the admin key, for raw ``tritonclient`` or urllib calls."""
@@ -105,7 +116,7 @@ def triton(built_repository: Path, tmp_path_factory: pytest.TempPathFactory):
     log_file = root / "tritonserver.log"
     # Every integration test runs against a protected control plane, as `headroom serve` starts it.
     admin_key = secrets.token_urlsafe(32)
-    server = TritonServer(address, repository, log_file=log_file, admin_key=admin_key)
+    server = TritonServer(address, repository, log_file=log_file, admin_key=admin_key, state_dir=root / "state")
     server.start()
     try:
         failed = server.wait_ready()

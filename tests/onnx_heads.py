@@ -12,10 +12,10 @@ import os
 from pathlib import Path
 
 import numpy as np
-from onnx import TensorProto, helper, numpy_helper
-
-from export.heads import HEAD_INPUT, HEAD_OUTPUT, TrainedHead, head_to_onnx
 from headroom import config
+from headroom.export.heads import TrainedHead, head_to_onnx
+from headroom.head_format import HEAD_INPUT, HEAD_OUTPUT
+from onnx import TensorProto, helper, numpy_helper
 
 DIM = config.EMBEDDING_DIM
 OTHER_ENCODER = "sha256:" + "0" * 64

@@ -8,10 +8,9 @@ from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
-
-from export.embeddings import RepositoryEmbedder
-from export.head_store import versions_of
 from headroom import config
+from headroom.export.embeddings import RepositoryEmbedder
+from headroom.repository.head_store import versions_of
 
 
 @lru_cache(maxsize=4)

@@ -24,16 +24,17 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from bench.common import system_repository
-from export.heads import HEAD_INPUT, HEAD_OUTPUT
 from headroom import config
+from headroom.head_format import HEAD_INPUT, HEAD_OUTPUT
 from headroom.naming import head_model_name
+
+from bench.common import system_repository
 
 PIPELINE_SOURCE = Path(__file__).resolve().parent / "pipeline"
 #: The models this design needs besides the heads, in load order (no ``executor``).
 SYSTEM_MODELS = (config.ENCODER_MODEL, config.EMBED_MODEL, config.PIPELINE_MODEL)
 
-#: Issue 2's per-head model (``export/head_store.py`` at commit c4971b3).
+#: Issue 2's per-head model (``repository/head_store.py`` at commit c4971b3).
 HEAD_CONFIG_TEMPLATE = """\
 # Head of tenant '{name}', written by headroom onboarding. Labels, encoder fingerprint and
 # metrics of each version live in <version>/head.json and <version>/labels.txt.
@@ -75,7 +76,7 @@ def head_config(name: str) -> str:
     )
 
 
-def lay_out_repository(destination: Path, variant: str = config.ENCODER_VARIANT) -> Path:
+def lay_out_repository(destination: Path, variant: str = config.DEFAULT_ENCODER_VARIANT) -> Path:
     """A complete repository of this baseline, without heads, at ``destination`` (replaced).
 
     Add heads with ``bench.synthetic_heads.write_head_files(..., config_text=head_config)`` or

@@ -23,8 +23,8 @@ import os
 
 import numpy as np
 import triton_python_backend_utils as pb_utils
-from length_groups import GroupingLimits, plan_groups
-from text_tokenizer import TextTokenizer, TokenizedTexts, find_tokenizer_file
+from headroom.length_groups import GroupingLimits, plan_groups
+from headroom.text_tokenizer import TextTokenizer, TokenizedTexts, find_tokenizer_file
 
 TEXT_INPUT = "TEXT"
 EMBEDDING_OUTPUT = "sentence_embedding"

@@ -35,7 +35,7 @@ import os
 import numpy as np
 import triton_python_backend_utils as pb_utils
 from head_dispatch import HeadDispatcher
-from text_checks import BlankCheck, find_tokenizer_file
+from headroom.text_tokenizer import BlankCheck, find_tokenizer_file
 
 EMBEDDING_OUTPUT = "sentence_embedding"
 

@@ -15,7 +15,7 @@ import os
 
 import numpy as np
 import triton_python_backend_utils as pb_utils
-from text_tokenizer import TextTokenizer, find_tokenizer_file
+from headroom.text_tokenizer import TextTokenizer, find_tokenizer_file
 
 
 class TritonPythonModel:

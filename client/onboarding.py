@@ -1,0 +1,279 @@
+"""Onboarding through Triton's model-control API: the write-load-verify-archive transaction.
+
+    client = HeadroomClient("grpc://localhost:8001")
+    onboarding = Onboarding(client, repository=Path("model_repository"), state_dir=Path(".headroom"))
+    onboarding.onboard("acme", "acme.jsonl")                  # train, check, write atomically, load, verify
+    onboarding.onboard_model("acme", "head.onnx", "labels.txt")  # a ready-made ONNX head: check, write, load, verify
+    onboarding.offboard("acme")                               # unload, archive its files
+
+It writes into the model repository, so it runs on the server's host (or wherever the
+repository is mounted). The data flows one way: the training file is read and embedded through
+the server (``HeadroomClient.embed``), the head is trained and exported (``headroom.export``),
+checked as the executor will read it (``headroom.repository.validation``), written atomically
+(``headroom.repository.head_store``), loaded (``HeadroomClient.load_model``), verified with one
+answer through ``pipeline``, and older versions archived. What fails after the write is taken
+back out. A bad name, training file or head is refused before anything is written
+(``HeadRefused``, ``DatasetError``, ``InvalidHeadName``), and the head name's lock
+(``headroom.repository.locks``) is held from the write to the archive, so onboardings of one name
+from several processes run one after the other.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+
+from headroom import config
+from headroom.client.inference import HeadroomClient, HeadroomError
+from headroom.export.datasets import load_labelled_file
+from headroom.export.encoder import read_encoder_info
+from headroom.export.heads import exported_head
+from headroom.export.tenants import train_from_file
+from headroom.naming import head_model_name
+from headroom.repository import head_store
+from headroom.repository.head_store import head_info
+from headroom.repository.locks import HeadBusy, head_lock
+from headroom.repository.validation import HeadValidationError, check_head, read_labels_file
+
+log = logging.getLogger(__name__)
+
+#: How often ``offboard`` asks whether an unloaded head is still READY.
+UNLOAD_POLL_S = 0.05
+
+
+class HeadRefused(HeadroomError):
+    """A head onboarding refused before writing anything (bad file, labels or encoder)."""
+
+
+@dataclass(frozen=True)
+class OnboardResult:
+    name: str
+    version: int
+    metrics: dict
+    seconds_total: float
+    #: Embedding the training texts through the server plus fitting (0 for a ready-made head).
+    seconds_training: float
+    #: From ``load_model`` to the verified first answer through ``pipeline`` (load + first use).
+    seconds_to_first_answer: float = 0.0
+    #: Where the time went, in seconds, in order: ``reading`` (the training file), ``embedding``,
+    #: ``fitting`` (hold-out fit and final fit), ``checking`` (the head's checks), ``writing``
+    #: (atomic write), ``loading`` (``load_model``), ``first_answer`` (the verifying request).
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+def _report(enabled: bool, step: str, seconds: float) -> None:
+    if enabled:
+        log.info("%s (%.2f s)", step, seconds)
+
+
+class Onboarding:
+    """Onboards and offboards heads of one model repository, served by ``client``'s server."""
+
+    def __init__(
+        self,
+        client: HeadroomClient,
+        repository: Path,
+        state_dir: Path,
+        lock_timeout_s: float = config.DEFAULT_HEAD_LOCK_TIMEOUT_S,
+        load_timeout_s: float = config.DEFAULT_LOAD_TIMEOUT_S,
+        regularisation_c: float = config.DEFAULT_HEAD_REGULARISATION_C,
+    ) -> None:
+        self.client = client
+        self.repository = Path(repository)
+        self.state_dir = Path(state_dir)
+        self.lock_timeout_s = lock_timeout_s
+        self.load_timeout_s = load_timeout_s
+        self.regularisation_c = regularisation_c
+
+    def onboard(self, name: str, data_file: str | Path, progress: bool = False) -> OnboardResult:
+        """Train head ``name`` on ``data_file`` with the served encoder, store it, load it, verify it.
+
+        The name and the training file are checked before anything else, the trained head like
+        any ready-made one (``onboard_model``) before it is written. A new version of an existing
+        head is loaded while the previous one keeps serving; the previous version's files are
+        archived once the new one has answered. What fails to load or to answer is taken back out.
+        ``progress``: a bar while embedding (on a terminal) and a log line (logger
+        ``headroom.client.onboarding``, INFO) after each step.
+        """
+
+        started = time.perf_counter()
+        head_model_name(name)  # InvalidHeadName before anything else
+        data = load_labelled_file(data_file)  # DatasetError before any embedding
+        fingerprint = read_encoder_info(self.repository)["fingerprint"]
+        timings = {"reading": time.perf_counter() - started}
+        _report(progress, f"{name}: read {len(data.texts)} examples of {len(data.classes)} classes", timings["reading"])
+        # Embedding (through the server) and fitting happen outside every lock.
+        head = train_from_file(
+            data, Path(data_file), partial(self.client.embed, progress=progress), self.regularisation_c
+        )
+        timings["embedding"] = float(head.metrics["embedding_seconds"])
+        timings["fitting"] = float(head.metrics["fitting_seconds"])
+        _report(progress, f"{name}: embedded {len(data.texts)} texts through the server", timings["embedding"])
+        _report(
+            progress,
+            f"{name}: fitted on {head.metrics['train_examples']}, hold-out accuracy "
+            f"{head.metrics['holdout_accuracy']:.3f} on {head.metrics['holdout_examples']}, refitted on all",
+            timings["fitting"],
+        )
+        checking = time.perf_counter()
+        checked = self._check(name, exported_head(head, fingerprint), head.labels, fingerprint, fingerprint)
+        timings["checking"] = time.perf_counter() - checking
+        info = head_info(fingerprint, head.metrics, str(data_file))
+        version = self._install(name, checked, info, probe_text=data.texts[0], timings=timings, progress=progress)
+        return OnboardResult(
+            name,
+            version,
+            head.metrics,
+            time.perf_counter() - started,
+            timings["embedding"] + timings["fitting"],
+            timings["loading"] + timings["first_answer"],
+            timings,
+        )
+
+    def onboard_model(
+        self,
+        name: str,
+        onnx_file: str | Path | bytes,
+        labels: str | Path | Sequence[str],
+        encoder_fingerprint: str | None = None,
+    ) -> OnboardResult:
+        """Onboard a ready-made ONNX head (``sentence_embedding`` FP32 [B, 384] -> probabilities [B, C]).
+
+        ``labels``: a file (one per line, in output order) or a list. The head must have been
+        trained on the served encoder's embeddings: ``encoder_fingerprint``, else the ONNX metadata
+        ``encoder_fingerprint``, must be the served encoder's. Every check of
+        ``repository/validation.py`` runs before anything is written (``HeadRefused``); then as
+        ``onboard``: write atomically, load, verify one answer through ``pipeline``.
+        """
+
+        started = time.perf_counter()
+        head_model_name(name)  # InvalidHeadName before anything else
+        if isinstance(onnx_file, bytes):
+            model_bytes, source = onnx_file, "onnx bytes"
+        else:
+            try:
+                model_bytes, source = Path(onnx_file).read_bytes(), str(onnx_file)
+            except OSError as exc:
+                raise HeadRefused(f"head {name!r} refused: cannot read {onnx_file}: {exc.strerror}") from exc
+        if isinstance(labels, (str, Path)):
+            try:
+                labels = read_labels_file(labels)
+            except HeadValidationError as exc:
+                raise HeadRefused(f"head {name!r} refused: {exc}") from exc
+        served = read_encoder_info(self.repository)["fingerprint"]
+        timings = {"reading": time.perf_counter() - started}
+        checked = self._check(name, model_bytes, labels, served, encoder_fingerprint)
+        timings["checking"] = time.perf_counter() - started - timings["reading"]
+        info = head_info(checked.encoder_fingerprint, checked.metrics, source)
+        version = self._install(name, checked, info, probe_text=config.ONBOARD_PROBE_TEXT, timings=timings)
+        first_answer = timings["loading"] + timings["first_answer"]
+        return OnboardResult(name, version, checked.metrics, time.perf_counter() - started, 0.0, first_answer, timings)
+
+    def _check(self, name: str, model_bytes: bytes, labels, served: str, encoder_fingerprint: str | None):
+        """``headroom.repository.validation.check_head``; ``HeadRefused`` if it fails."""
+
+        try:
+            return check_head(model_bytes, labels, served, encoder_fingerprint)
+        except HeadValidationError as exc:
+            raise HeadRefused(f"head {name!r} refused: {exc}") from exc
+
+    @contextmanager
+    def _head_lock(self, name: str):
+        """Head ``name``'s cross-process lock (``HeadroomError`` when another holder keeps it too long)."""
+        try:
+            with head_lock(name, self.state_dir, self.lock_timeout_s):
+                yield
+        except HeadBusy as exc:
+            raise HeadroomError(str(exc)) from exc
+
+    def _install(
+        self, name: str, checked, info: dict, probe_text: str, timings: dict[str, float], progress: bool = False
+    ) -> int:
+        """Write a checked head (new, or the next version), load it, verify its first answer.
+
+        Returns the version; adds ``writing``, ``loading`` and ``first_answer`` to ``timings``.
+        Whatever fails after the write is withdrawn (``_withdraw``) before the error is raised;
+        older versions are archived only once the new one has answered.
+        """
+
+        model_name = head_model_name(name)
+        with self._head_lock(name):
+            writing = time.perf_counter()
+            stored = head_store.write_head_model(
+                name, checked.model_bytes, checked.labels, info, self.repository, self.state_dir
+            )
+            loading = time.perf_counter()
+            timings["writing"] = loading - writing
+            try:
+                self.client.load_model(model_name)
+                answering = time.perf_counter()
+                timings["loading"] = answering - loading
+                self._verify(stored, checked.labels, probe_text)
+            except Exception as exc:  # a failed load, a wrong or missing answer, a dead server
+                raise self._withdraw(stored, exc) from exc
+            timings["first_answer"] = time.perf_counter() - answering
+            _report(progress, f"{name}: wrote version {stored.version}", timings["writing"])
+            _report(progress, f"{name}: loaded {model_name}", timings["loading"])
+            _report(progress, f"{name}: first answer verified through {config.PIPELINE_MODEL}", timings["first_answer"])
+            head_store.archive_old_versions(
+                name, keep=stored.version, repository=self.repository, state_dir=self.state_dir
+            )
+        return stored.version
+
+    def _verify(self, stored, labels: list[str], text: str) -> None:
+        """The head just loaded must answer ``text`` through ``pipeline`` with its own labels."""
+        (answer,) = self.client.classify([text], stored.name, return_errors=True)
+        if isinstance(answer, HeadroomError):
+            raise HeadroomError(
+                f"{stored.model_name} version {stored.version} loaded but did not answer: {answer}", answer.status
+            )
+        if list(answer.probabilities) != labels:
+            raise HeadroomError(
+                f"{stored.model_name} version {stored.version} loaded but answered with labels "
+                f"{list(answer.probabilities)}, not its own {labels}"
+            )
+
+    def _withdraw(self, stored, cause: Exception) -> HeadroomError:
+        """Take a head version that failed to load or answer back out; the error to raise.
+
+        A new head is unloaded and archived; a new version's folder is archived and the head
+        loaded again, so the previous version serves again. Steps that fail because the server is
+        gone are skipped: the repository must not keep what was not reported as onboarded.
+        """
+
+        notes = []
+        if stored.version == 1:
+            try:
+                self.client.unload_model(stored.model_name)
+            except HeadroomError as exc:  # the server may be gone
+                notes.append(f"unloading it failed too: {exc}")
+            head_store.archive_head(stored.name, self.repository, self.state_dir, suffix=".failed")
+        else:
+            head_store.archive_version(stored.name, stored.version, self.repository, self.state_dir, suffix=".failed")
+            try:
+                self.client.load_model(stored.model_name)
+            except HeadroomError as exc:
+                notes.append(f"loading version {stored.version - 1} again failed too: {exc}")
+        message = str(cause) if isinstance(cause, HeadroomError) else f"{type(cause).__name__}: {cause}"
+        message += f"; version {stored.version} was withdrawn"
+        if notes:
+            message += "; " + "; ".join(notes)
+        return HeadroomError(message, getattr(cause, "status", None))
+
+    def offboard(self, name: str) -> Path | None:
+        """Unload head ``name`` and archive its files; returns the archive folder."""
+
+        model_name = head_model_name(name)
+        with self._head_lock(name):
+            self.client.unload_model(model_name)
+            deadline = time.monotonic() + self.load_timeout_s
+            while self.client.is_model_ready(model_name):
+                if time.monotonic() > deadline:
+                    raise HeadroomError(f"{model_name} was still READY {self.load_timeout_s} s after unload")
+                time.sleep(UNLOAD_POLL_S)
+            return head_store.archive_head(name, self.repository, self.state_dir)

@@ -1,0 +1,129 @@
+"""What a head file is: the format the executor serves and onboarding checks, in one place.
+
+A head is an ONNX model FP32 [batch, D] -> probabilities [batch, C], with C labels. A head that
+is one linear layer and a softmax over the classes (what headroom's training exports: ``Gemm`` +
+``Softmax``, or ``MatMul`` + ``Add`` + ``Softmax``) is recognised by ``linear_parameters`` and
+stacked by the executor; any other graph runs as its own ONNX Runtime session.
+
+``parse_head`` is the executor's admission rule; ``headroom.repository.validation`` calls the same
+function before it writes a head, so a head onboarding accepts is a head the executor loads.
+Pure numpy and onnx: the executor (inside Triton) and the host import this module alike.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+#: A head's one input and its output (the names headroom's training exports; any are accepted).
+HEAD_INPUT = "sentence_embedding"
+HEAD_OUTPUT = "probabilities"
+#: The files of one head version folder, ``<repository>/head_<name>/<version>/``.
+MODEL_FILE = "model.onnx"
+LABELS_FILE = "labels.txt"
+HEAD_INFO_FILE = "head.json"
+#: ONNX metadata keys headroom's exported heads carry.
+FINGERPRINT_KEY = "encoder_fingerprint"
+LABELS_KEY = "labels"
+METRICS_KEY = "metrics"
+
+
+class HeadFileError(ValueError):
+    """A head file that cannot serve: not ONNX, wrong input, labels that do not match."""
+
+
+# --- recognising linear heads ----------------------------------------------------------------
+def _attribute(node: onnx.NodeProto, name: str, default):
+    for attribute in node.attribute:
+        if attribute.name == name:
+            return onnx.helper.get_attribute_value(attribute)
+    return default
+
+
+def _softmax_over_classes(node: onnx.NodeProto) -> bool:
+    # Opset >= 13 Softmax normalises one axis; on [batch, classes] that is -1 or 1.
+    return node.op_type == "Softmax" and _attribute(node, "axis", -1) in (-1, 1)
+
+
+def linear_parameters(model: onnx.ModelProto) -> tuple[np.ndarray, np.ndarray] | None:
+    """(weights [C, D], bias [C]) of a one-layer softmax head, or None for any other graph."""
+    graph = model.graph
+    initializers = {tensor.name: numpy_helper.to_array(tensor) for tensor in graph.initializer}
+    nodes = list(graph.node)
+    if len(graph.input) != 1 or len(graph.output) != 1 or not nodes or not _softmax_over_classes(nodes[-1]):
+        return None
+    x = graph.input[0].name
+    if nodes[-1].output[0] != graph.output[0].name:
+        return None
+    if len(nodes) == 2 and nodes[0].op_type == "Gemm":
+        gemm = nodes[0]
+        if len(gemm.input) != 3 or gemm.input[0] != x or gemm.output[0] != nodes[1].input[0]:
+            return None
+        if _attribute(gemm, "alpha", 1.0) != 1.0 or _attribute(gemm, "beta", 1.0) != 1.0:
+            return None
+        if _attribute(gemm, "transA", 0) != 0:
+            return None
+        weights, bias = initializers.get(gemm.input[1]), initializers.get(gemm.input[2])
+        if weights is None or bias is None or weights.ndim != 2:
+            return None
+        if not _attribute(gemm, "transB", 0):
+            weights = weights.T  # stored [D, C]
+    elif len(nodes) == 3 and (nodes[0].op_type, nodes[1].op_type) == ("MatMul", "Add"):
+        matmul, add = nodes[0], nodes[1]
+        if matmul.input[0] != x or matmul.output[0] not in add.input or add.output[0] != nodes[2].input[0]:
+            return None
+        other = [name for name in add.input if name != matmul.output[0]]
+        weights = initializers.get(matmul.input[1])
+        bias = initializers.get(other[0]) if len(other) == 1 else None
+        if weights is None or bias is None or weights.ndim != 2:
+            return None
+        weights = weights.T  # MatMul holds [D, C]
+    else:
+        return None
+    bias = np.asarray(bias).reshape(-1)
+    if weights.dtype != np.float32 or bias.dtype != np.float32 or bias.shape[0] != weights.shape[0]:
+        return None
+    return np.ascontiguousarray(weights), np.ascontiguousarray(bias)
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Row-wise softmax computed as ONNX Runtime's Softmax does (max-shifted, float32)."""
+    shifted = logits - logits.max(axis=-1, keepdims=True)
+    exp = np.exp(shifted)
+    return exp / exp.sum(axis=-1, keepdims=True)
+
+
+def check_head_input(model: onnx.ModelProto, dim: int) -> None:
+    """Refuse a head whose one input is not FP32 [batch, ``dim``]."""
+    if len(model.graph.input) != 1:
+        raise HeadFileError(f"a head has exactly one input, this one has {len(model.graph.input)}")
+    tensor_type = model.graph.input[0].type.tensor_type
+    if tensor_type.elem_type != onnx.TensorProto.FLOAT:
+        name = onnx.TensorProto.DataType.Name(tensor_type.elem_type)
+        raise HeadFileError(f"a head's input must be FLOAT (FP32), this one is {name}")
+    dims = [d.dim_value if d.HasField("dim_value") else None for d in tensor_type.shape.dim]
+    if len(dims) != 2 or dims[1] != dim:
+        shown = ["?" if d is None else d for d in dims]
+        raise HeadFileError(f"a head's input must be [batch, {dim}], this one is {shown}")
+
+
+def parse_head(
+    model_bytes: bytes, labels: Sequence[str], dim: int
+) -> tuple[tuple[np.ndarray, np.ndarray] | None, onnx.ModelProto]:
+    """Validate a head file; returns its linear parameters (None when it needs a session) and
+    the parsed model (onboarding reads its metadata from it)."""
+    try:
+        model = onnx.load_from_string(model_bytes)
+    except Exception as exc:  # protobuf's DecodeError and friends
+        raise HeadFileError(f"the head file is not an ONNX model ({type(exc).__name__})") from exc
+    check_head_input(model, dim)
+    parameters = linear_parameters(model)
+    if parameters is not None and parameters[0].shape != (len(labels), dim):
+        raise HeadFileError(
+            f"the head has {parameters[0].shape[0]} classes of width {parameters[0].shape[1]} but "
+            f"labels.txt names {len(labels)} labels"
+        )
+    return parameters, model

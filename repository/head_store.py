@@ -1,0 +1,268 @@
+"""Heads on disk: written into the model repository atomically, versioned, archived.
+
+Layout of one head (Triton model ``head_<name>``)::
+
+    head_<name>/config.pbtxt        registration model: an ensemble into the shared executor
+    head_<name>/<version>/model.onnx
+    head_<name>/<version>/labels.txt   label names in output order
+    head_<name>/<version>/head.json    labels, encoder fingerprint, training metrics
+
+Every write is staged under ``<state dir>/staging`` and renamed into place (a single atomic
+``rename``), so a crash never leaves a half-written head: a new head appears as a whole
+folder, a new version as a whole version folder. Labels live in the version folder, so a new
+version can change its classes while the previous one keeps serving.
+
+One onboarding or offboarding of a name at a time: ``headroom.repository.locks``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+from headroom import config
+from headroom.head_format import FINGERPRINT_KEY, HEAD_INFO_FILE, HEAD_INPUT, HEAD_OUTPUT, LABELS_FILE, MODEL_FILE
+from headroom.model_config import format_model_config, parse_model_config
+from headroom.naming import head_model_name, head_models_in
+
+#: Comment at the top of a head's registration ``config.pbtxt``.
+REGISTRATION_HEADER = """\
+# Head of tenant '{name}', written by headroom onboarding: a registration model. Loading and
+# unloading it switches the tenant on and off; the shared '{executor}' model runs the head from
+# <version>/model.onnx and <version>/labels.txt. Called directly, it needs the request parameter
+# "head" = "{name}" (an ensemble cannot inject a constant; Triton forwards request parameters).
+"""
+#: Rows one request to a registration model may carry (the executor's own max_batch_size).
+REGISTRATION_MAX_BATCH_SIZE = 256
+
+
+@dataclass(frozen=True)
+class StoredHead:
+    name: str
+    model_name: str
+    version: int
+    path: Path
+
+
+def registration_model_config(name: str):
+    """Head ``name``'s registration model (Triton ``ModelConfig``): an ensemble whose one step is
+    the shared ``executor``. Triton loads, unloads, versions and counts it like any model, at no
+    process cost; the executor reads the version folder's model.onnx and labels.txt (Triton does not)."""
+    from tritonclient.grpc import model_config_pb2 as pb
+
+    model = pb.ModelConfig(name=head_model_name(name), platform="ensemble", max_batch_size=REGISTRATION_MAX_BATCH_SIZE)
+    model.input.add(name=HEAD_INPUT, data_type=pb.TYPE_FP32, dims=[config.EMBEDDING_DIM])
+    model.output.add(name=HEAD_OUTPUT, data_type=pb.TYPE_FP32, dims=[-1])
+    step = model.ensemble_scheduling.step.add(model_name=config.EXECUTOR_MODEL, model_version=-1)
+    step.input_map[HEAD_INPUT] = HEAD_INPUT
+    step.output_map[HEAD_OUTPUT] = HEAD_OUTPUT
+    model.version_policy.latest.num_versions = 1
+    return model
+
+
+def registration_config(name: str) -> str:
+    """``config.pbtxt`` text of head ``name``'s registration model."""
+    header = REGISTRATION_HEADER.format(name=name, executor=config.EXECUTOR_MODEL)
+    return header + format_model_config(registration_model_config(name))
+
+
+def is_registration(config_text: str) -> bool:
+    """Whether a head's ``config.pbtxt`` is a registration model (an ensemble), not a per-head model."""
+    return parse_model_config(config_text).platform == "ensemble"
+
+
+def upgrade_registrations(repository: Path) -> list[str]:
+    """Rewrite heads written as per-head ONNX Runtime models into registration models.
+
+    Repositories from before the shared executor held one ``backend: "onnxruntime"`` model per
+    head; their version folders already hold what the executor reads, so only ``config.pbtxt``
+    changes (atomically). Run before the server starts; returns the heads rewritten.
+    """
+    upgraded = []
+    for model_name in head_models_in(repository):
+        name = model_name[len(config.HEAD_MODEL_PREFIX) :]
+        path = repository / model_name / "config.pbtxt"
+        if is_registration(path.read_text(encoding="utf-8")):
+            continue
+        tmp = path.with_name(f".config.pbtxt.{uuid.uuid4().hex}.tmp")
+        _write_file(tmp, registration_config(name).encode("utf-8"))
+        os.replace(tmp, path)
+        upgraded.append(name)
+    return upgraded
+
+
+def head_dir(name: str, repository: Path) -> Path:
+    return repository / head_model_name(name)
+
+
+def versions_of(model_dir: Path) -> list[int]:
+    """Numeric version folders of a model, ascending."""
+    if not model_dir.is_dir():
+        return []
+    return sorted(int(p.name) for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit())
+
+
+def read_head_info(name: str, repository: Path) -> dict:
+    """``head.json`` of the newest version of head ``name``."""
+    model_dir = head_dir(name, repository)
+    versions = versions_of(model_dir)
+    if not versions:
+        raise FileNotFoundError(f"head {name!r} has no version in {model_dir}")
+    return json.loads((model_dir / str(versions[-1]) / HEAD_INFO_FILE).read_text())
+
+
+def heads_trained_for(fingerprint: str, repository: Path) -> list[str]:
+    """Heads of the repository whose newest version was trained against encoder ``fingerprint``."""
+    names = []
+    for model in head_models_in(repository):
+        name = model[len(config.HEAD_MODEL_PREFIX) :]
+        try:
+            info = read_head_info(name, repository)
+        except (OSError, ValueError):
+            continue
+        if info.get(FINGERPRINT_KEY) == fingerprint:
+            names.append(name)
+    return names
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_file(path: Path, data: bytes) -> None:
+    with path.open("wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def _write_version(folder: Path, model_bytes: bytes, labels: list[str], info: dict) -> None:
+    folder.mkdir(parents=True)
+    _write_file(folder / MODEL_FILE, model_bytes)
+    _write_file(folder / LABELS_FILE, ("\n".join(labels) + "\n").encode("utf-8"))
+    _write_file(folder / HEAD_INFO_FILE, (json.dumps(info, indent=2) + "\n").encode("utf-8"))
+    _fsync_dir(folder)
+
+
+def head_info(fingerprint: str, metrics: dict, source: str) -> dict:
+    """The ``head.json`` fields a head brings (``write_head_model`` adds name, version, labels, time)."""
+    return {FINGERPRINT_KEY: fingerprint, "metrics": metrics, "trained_from": source}
+
+
+def write_head_model(
+    name: str,
+    model_bytes: bytes,
+    labels: list[str],
+    info: dict,
+    repository: Path,
+    state_dir: Path,
+) -> StoredHead:
+    """Write any head file (``model.onnx`` bytes) with its labels and ``head.json`` fields.
+
+    The head becomes ``head_<name>/1`` (with its registration ``config.pbtxt``) or the next
+    version of an existing head. Staged, then renamed into place: never half-written.
+    """
+    model_name = head_model_name(name)
+    model_dir = repository / model_name
+    staging_root = state_dir / "staging"
+    staging_root.mkdir(parents=True, exist_ok=True)
+    staging = staging_root / f"{model_name}.{uuid.uuid4().hex}"
+
+    def version_info(version: int) -> dict:
+        created = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        return {"name": name, "version": version, "labels": list(labels), "created_at": created, **info}
+
+    try:
+        if model_dir.exists():
+            version = (versions_of(model_dir) or [0])[-1] + 1
+            _write_version(staging, model_bytes, labels, version_info(version))
+            target = model_dir / str(version)
+        else:
+            version = 1
+            staging.mkdir()
+            _write_file(staging / "config.pbtxt", registration_config(name).encode("utf-8"))
+            _write_version(staging / "1", model_bytes, labels, version_info(version))
+            _fsync_dir(staging)
+            target = model_dir
+        # rename() refuses to replace a non-empty folder, so two writers racing for the same
+        # target cannot both win; the loser gets an OSError and its staging copy is removed.
+        os.rename(staging, target)
+        _fsync_dir(target.parent)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return StoredHead(name=name, model_name=model_name, version=version, path=model_dir)
+
+
+def archive_path(model_name: str, state_dir: Path, suffix: str = "") -> Path:
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    return state_dir / "archive" / f"{model_name}{suffix}.{stamp}.{uuid.uuid4().hex[:8]}"
+
+
+def archive_old_versions(name: str, keep: int, repository: Path, state_dir: Path) -> list[Path]:
+    """Move the versions older than ``keep`` out of the repository into the archive.
+
+    Newer ones stay: another onboarding may have just written and loaded one.
+    """
+    model_dir = head_dir(name, repository)
+    moved = []
+    for version in versions_of(model_dir):
+        if version < keep:
+            target = archive_path(head_model_name(name), state_dir, suffix=f".v{version}")
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.rename(model_dir / str(version), target)
+            moved.append(target)
+    return moved
+
+
+def archive_head(name: str, repository: Path, state_dir: Path, suffix: str = "") -> Path | None:
+    """Move a head's whole folder into the archive; None when it was not there."""
+    model_dir = head_dir(name, repository)
+    if not model_dir.exists():
+        return None
+    target = archive_path(head_model_name(name), state_dir, suffix=suffix)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    os.rename(model_dir, target)
+    return target
+
+
+def archive_version(
+    name: str,
+    version: int,
+    repository: Path,
+    state_dir: Path,
+    suffix: str = "",
+) -> Path | None:
+    """Move one version folder of a head into the archive; None when it was not there."""
+    folder = head_dir(name, repository) / str(version)
+    if not folder.is_dir():
+        return None
+    target = archive_path(head_model_name(name), state_dir, suffix=f".v{version}{suffix}")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    os.rename(folder, target)
+    return target
+
+
+#: Staging folders younger than this may belong to an onboarding still running elsewhere.
+STAGING_ABANDONED_AFTER_S = 3600
+
+
+def clean_staging(state_dir: Path) -> int:
+    """Remove staging leftovers of interrupted onboardings (older than an hour); returns how many."""
+    staging_root = state_dir / "staging"
+    if not staging_root.is_dir():
+        return 0
+    cutoff = time.time() - STAGING_ABANDONED_AFTER_S
+    leftovers = [entry for entry in staging_root.iterdir() if entry.stat().st_mtime < cutoff]
+    for entry in leftovers:
+        shutil.rmtree(entry, ignore_errors=True)
+    return len(leftovers)
