@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-# Which encoder variant the server uses: int8-static (default, see README "Choosing the encoder"),
+# Which encoder variant the server uses: int8-static (default, see docs/benchmarks.md, "Choosing the encoder"),
 # fp32 or int8.
 HEADROOM_ENCODER_VARIANT ?= int8-static
 export HEADROOM_ENCODER_VARIANT
@@ -51,7 +51,7 @@ loadtest: heads
 	$(BIN)/python bench/loadtest.py --duration $(LOADTEST_DURATION) --users $(LOADTEST_USERS) --spawn-rate $(LOADTEST_SPAWN_RATE)
 
 bench: heads bench-env
-	@echo "==> all benchmarks (about an hour on 2 cores); reports in bench/results/, summary table into README.md"
+	@echo "==> all benchmarks (about an hour on 2 cores); reports in bench/results/, summary table into docs/benchmarks.md"
 	$(BIN)/python -m bench.run_all
 
 test: heads bench-env

@@ -16,7 +16,6 @@ import shutil
 import statistics
 import sys
 import time
-import urllib.request
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from importlib import metadata
@@ -160,37 +159,21 @@ def clone_head(source: Path, repository: Path, name: str, config_text: Callable[
     return target
 
 
-def repository_index(http_url: str, headers: dict[str, str] | None = None, timeout_s: float = 120.0) -> list[dict]:
-    """Triton's model repository index (every model it knows, with its state), over HTTP."""
-    request = urllib.request.Request(
-        f"{http_url}/v2/repository/index", data=b"{}", method="POST", headers={**(headers or {})}
-    )
-    with urllib.request.urlopen(request, timeout=timeout_s) as response:
-        return json.loads(response.read())
+def ready_head_models(http_url: str, admin_key: str = "") -> list[str]:
+    """Head models (``head_<name>``) READY in the server's repository index, through the client's
+    ``HeadroomClient.list_heads`` (``admin_key``: "" sends none, as for the benchmarks' own servers)."""
+    from headroom.client.inference import HeadroomClient
 
-
-def ready_heads(index: list[dict]) -> list[str]:
-    """Head models READY in a repository index."""
-    return [
-        entry["name"]
-        for entry in index
-        if entry.get("name", "").startswith(config.HEAD_MODEL_PREFIX) and entry.get("state") == "READY"
-    ]
+    with HeadroomClient(http_url, admin_key=admin_key, timeout_s=120.0) as client:
+        return [head.model_name for head in client.list_heads() if head.state == "READY"]
 
 
 def scrape_metrics(metrics_port: int, prefix: str = "headroom_", host: str = "localhost") -> dict[str, float]:
     """Prometheus samples on Triton's metrics port whose name starts with ``prefix`` (labels dropped;
     the sum when several samples share a name)."""
-    with urllib.request.urlopen(f"http://{host}:{metrics_port}/metrics", timeout=30) as response:
-        text = response.read().decode("utf-8")
-    samples: dict[str, float] = {}
-    for line in text.splitlines():
-        if not line.startswith(prefix):
-            continue
-        name_part, _, value = line.rpartition(" ")
-        name = name_part.split("{", 1)[0]
-        samples[name] = samples.get(name, 0.0) + float(value)
-    return samples
+    from headroom.client.metrics import read_metrics
+
+    return read_metrics(host, metrics_port).totals(prefix)
 
 
 # --- memory ----------------------------------------------------------------------------------

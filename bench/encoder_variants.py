@@ -332,7 +332,7 @@ def _first_per_class(data, per_class: int):
 
 
 def summary_rows(report: dict) -> list[str]:
-    """One line per variant: the figures the README's encoder table quotes."""
+    """One line per variant: the figures docs/benchmarks.md's encoder table quotes."""
     lines = []
     for name, q in report["variants"].items():
         accuracy = ", ".join(f"{t} {h['holdout_accuracy']:.3f}" for t, h in q["holdout"].items())

@@ -26,16 +26,14 @@ import logging
 import os
 import subprocess
 import sys
-import urllib.error
 import urllib.parse
-import urllib.request
 from contextlib import ExitStack
 from pathlib import Path
 
 from headroom import config
 from headroom.client.inference import default_http_url
 from headroom.client.traffic import EXPECTED_FAILURE_SHARE
-from headroom.server.launcher import http_status
+from headroom.server import health
 
 log = logging.getLogger("loadtest")
 
@@ -151,14 +149,14 @@ def server_answers(http_url: str) -> bool:
     """True when a ready headroom server answers; SystemExit when something else holds the port."""
     # Liveness, then the pipeline's readiness: /v2/health/ready turns false for the whole server
     # when any one head failed to load (strict readiness), which must not stop a load test.
-    health = http_status(f"{http_url}/v2/health/live")
-    if health is None:
+    if not health.answers(http_url):
         return False
-    if health == 200 and http_status(f"{http_url}/v2/models/{PIPELINE_NAME}/ready") == 200:
+    live = health.is_live(http_url)
+    if live and health.is_model_ready(http_url, PIPELINE_NAME):
         return True
     raise SystemExit(
-        f"{http_url} answers (health {health}) but is not a ready headroom server (model {PIPELINE_NAME!r} "
-        "not ready): wait for it, or choose another --url"
+        f"{http_url} answers ({'live' if live else 'not live'}) but is not a ready headroom server "
+        f"(model {PIPELINE_NAME!r} not ready): wait for it, or choose another --url"
     )
 
 
@@ -311,7 +309,7 @@ def main(argv: list[str] | None = None) -> int:
             own_server = stack.enter_context(TritonServer(address, args.repository, log_file=log_file))
             log.info("server ready: %s", ", ".join(own_server.models))
         code = run_locust(args, http_url, grpc_url)
-        server_alive = http_status(f"{http_url}/v2/health/live") == 200
+        server_alive = health.is_live(http_url)
         if not server_alive:
             process = own_server.process if own_server is not None else None
             exit_code = process.poll() if process is not None else None

@@ -25,6 +25,7 @@ import onnx.compose
 from headroom import config
 from headroom.client.traffic import UNKNOWN_HEAD
 from headroom.export.encoder import variant_path
+from headroom.model_config import write_model_config
 from headroom.repository.head_store import versions_of
 from headroom.server.launcher import TritonServer
 
@@ -52,49 +53,44 @@ TENANT_COUNTS = (10, 20, 40)
 CONCURRENCY = 128
 MIB = 1024 * 1024
 
-FULL_MODEL_CONFIG = """\
-name: "full_{name}"
-backend: "onnxruntime"
-max_batch_size: 64
-input [
-  {{ name: "input_ids" data_type: TYPE_INT64 dims: [ -1 ] }},
-  {{ name: "attention_mask" data_type: TYPE_INT64 dims: [ -1 ] }}
-]
-output [ {{ name: "probabilities" data_type: TYPE_FP32 dims: [ -1 ] }} ]
-instance_group [ {{ count: 1 kind: KIND_CPU }} ]
-dynamic_batching {{ max_queue_delay_microseconds: 2000 }}
-"""
+#: Rows one request to a tenant's full model (and its ensemble) may carry.
+FULL_MODEL_MAX_BATCH_SIZE = 64
 
-TENANT_ENSEMBLE_CONFIG = """\
-name: "tenant_{name}"
-platform: "ensemble"
-max_batch_size: 64
-input [ {{ name: "TEXT" data_type: TYPE_STRING dims: [ 1 ] }} ]
-output [ {{ name: "probabilities" data_type: TYPE_FP32 dims: [ -1 ] }} ]
-ensemble_scheduling {{
-  step [
-    {{
-      model_name: "tokenizer"
-      model_version: -1
-      input_map {{ key: "TEXT" value: "TEXT" }}
-      output_map {{ key: "input_ids" value: "input_ids" }}
-      output_map {{ key: "attention_mask" value: "attention_mask" }}
-    }},
-    {{
-      model_name: "full_{name}"
-      model_version: -1
-      input_map {{ key: "input_ids" value: "input_ids" }}
-      input_map {{ key: "attention_mask" value: "attention_mask" }}
-      output_map {{ key: "probabilities" value: "probabilities" }}
-    }}
-  ]
-}}
-"""
+
+def full_model_config(name: str):
+    """Tenant ``name``'s full model (encoder and head merged, ``full_<name>``) as Triton's ``ModelConfig``."""
+    from tritonclient.grpc import model_config_pb2 as pb
+
+    model = pb.ModelConfig(name=f"full_{name}", backend="onnxruntime", max_batch_size=FULL_MODEL_MAX_BATCH_SIZE)
+    for tensor in ("input_ids", "attention_mask"):
+        model.input.add(name=tensor, data_type=pb.TYPE_INT64, dims=[-1])
+    model.output.add(name="probabilities", data_type=pb.TYPE_FP32, dims=[-1])
+    model.instance_group.add(count=1, kind=pb.ModelInstanceGroup.KIND_CPU)
+    model.dynamic_batching.max_queue_delay_microseconds = 2000
+    return model
+
+
+def tenant_ensemble_config(name: str):
+    """Tenant ``name``'s ensemble (``tenant_<name>``): the shared tokenizer, then its full model."""
+    from tritonclient.grpc import model_config_pb2 as pb
+
+    model = pb.ModelConfig(name=f"tenant_{name}", platform="ensemble", max_batch_size=FULL_MODEL_MAX_BATCH_SIZE)
+    model.input.add(name="TEXT", data_type=pb.TYPE_STRING, dims=[1])
+    model.output.add(name="probabilities", data_type=pb.TYPE_FP32, dims=[-1])
+    tokenize = model.ensemble_scheduling.step.add(model_name=TOKENIZER_MODEL, model_version=-1)
+    tokenize.input_map["TEXT"] = "TEXT"
+    tokenize.output_map["input_ids"] = "input_ids"
+    tokenize.output_map["attention_mask"] = "attention_mask"
+    classify = model.ensemble_scheduling.step.add(model_name=f"full_{name}", model_version=-1)
+    classify.input_map["input_ids"] = "input_ids"
+    classify.input_map["attention_mask"] = "attention_mask"
+    classify.output_map["probabilities"] = "probabilities"
+    return model
 
 
 def merged_model(variant: str, head_dir: Path) -> bytes:
     """Encoder + head as one ONNX graph: token ids in, class probabilities out."""
-    encoder = onnx.load(str(variant_path(variant)))
+    encoder = onnx.load(str(variant_path(variant, settings().build_dir)))
     head = onnx.load(str(head_dir / str(versions_of(head_dir)[-1]) / "model.onnx"))
     head = onnx.compose.add_prefix(head, "head_", rename_inputs=True, rename_outputs=False)
     merged = onnx.compose.merge_models(
@@ -121,10 +117,10 @@ def baseline_repository(workdir: Path, variant: str, heads: list[Path], count: i
         (full / "1").mkdir(parents=True)
         # A hard link saves disk; each model process still reads its own copy into memory.
         os.link(merged_files[index % len(merged_files)], full / "1" / "model.onnx")
-        (full / "config.pbtxt").write_text(FULL_MODEL_CONFIG.format(name=name))
+        write_model_config(full, full_model_config(name))
         ensemble = repository / f"tenant_{name}"
         (ensemble / "1").mkdir(parents=True)
-        (ensemble / "config.pbtxt").write_text(TENANT_ENSEMBLE_CONFIG.format(name=name))
+        write_model_config(ensemble, tenant_ensemble_config(name))
     return repository
 
 

@@ -20,9 +20,9 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-from google.protobuf import text_format
 from headroom import config
 from headroom.client.traffic import real_text_mix
+from headroom.model_config import read_model_config, write_model_config
 from headroom.server.launcher import TritonServer
 from tritonclient.grpc import model_config_pb2
 
@@ -130,16 +130,31 @@ CANDIDATES: dict[str, list[tuple[str, Edit]]] = {
     "encoder: response cache": [("encoder", response_cache)],
     "shipped (again)": [],
 }
+#: ``make bench``'s smoke run (``run_all --quick``, tests/integration/test_bench.py): the shipped
+#: configuration twice and one candidate of each kind of edit (instances, dynamic batching,
+#: a parameter, instances with a parameter, the response cache), each a server start of its own.
+QUICK_CANDIDATES = {
+    name: CANDIDATES[name]
+    for name in (
+        "shipped",
+        "pipeline: 1 instance",
+        "pipeline: queue delay 2 ms",
+        "embed: groups of at most 512 tokens",
+        "encoder: 1 instance, 2 intra-op threads",
+        "encoder: response cache",
+        "shipped (again)",
+    )
+}
 
 
 def edit_config(path: Path, edit: Edit) -> None:
     """Apply ``edit`` to a ``config.pbtxt`` (comments are not kept: the copy is temporary)."""
-    model = text_format.Parse(path.read_text(encoding="utf-8"), ModelConfig())
+    model = read_model_config(path.parent)
     before = model.SerializeToString(deterministic=True)
     edit(model)
     if model.SerializeToString(deterministic=True) == before:
         raise RuntimeError(f"the edit changed nothing in {path}")
-    path.write_text(text_format.MessageToString(model), encoding="utf-8")
+    write_model_config(path.parent, model)
 
 
 def run(

@@ -34,16 +34,24 @@ import logging
 import os
 import threading
 import time
-import urllib.request
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import gevent
 from gevent import monkey
 from headroom import config
-from headroom.admin_key import admin_headers, load_admin_key
-from headroom.client.inference import bytes_input, default_http_url, message_of, parse_url, status_of
+from headroom.admin_key import load_admin_key
+from headroom.client.inference import (
+    HeadroomClient,
+    HeadroomError,
+    HeadStatus,
+    bytes_input,
+    default_http_url,
+    message_of,
+    parse_url,
+    status_of,
+)
 from headroom.client.traffic import EXPECTED_FAILURE_SHARE, TrafficMix, real_text_mix
-from headroom.naming import head_name_of
 from locust import FastHttpUser, User, constant, events, task
 from locust.runners import MasterRunner, WorkerRunner
 from locust.stats import PERCENTILES_TO_REPORT, StatsCSV
@@ -109,28 +117,20 @@ def judge(expect_failure: bool, status: str | None, message: str = "", has_label
     return None
 
 
-def ready_heads(index: list[dict]) -> list[str]:
-    """Head names of the repository index entries ``head_<name>`` that are READY, sorted."""
-    names = set()
-    for entry in index:
-        name = head_name_of(str(entry.get("name", "")))
-        if name is not None and entry.get("state") == "READY":
-            names.add(name)
-    return sorted(names)
+def ready_heads(heads: Iterable[HeadStatus]) -> list[str]:
+    """Names of the heads (``HeadroomClient.list_heads``) that are READY, sorted, each once."""
+    return sorted({head.name for head in heads if head.state == "READY"})
 
 
 def discover_heads(http_url: str, timeout_s: float = 10.0) -> list[str]:
-    """Ask the server (``POST /v2/repository/index``) which heads are loaded.
+    """Ask the server (its repository index, through ``HeadroomClient.list_heads``) which heads are loaded.
 
     The index is part of the protected control plane: the admin key (``HEADROOM_ADMIN_KEY`` or
-    the key file, README "Security") is sent when there is one.
+    the key file, docs/security.md) is sent when there is one.
     """
-    headers = admin_headers(load_admin_key(config.Settings.from_env().admin_key_file), "http") or {}
-    request = urllib.request.Request(
-        f"{http_url.rstrip('/')}/v2/repository/index", data=b"", method="POST", headers=headers
-    )
-    with urllib.request.urlopen(request, timeout=timeout_s) as response:
-        return ready_heads(json.load(response))
+    admin_key = load_admin_key(config.Settings.from_env().admin_key_file) or ""
+    with HeadroomClient(http_url.rstrip("/"), concurrency=1, timeout_s=timeout_s, admin_key=admin_key) as client:
+        return ready_heads(client.list_heads())
 
 
 class LoadTestFailure(Exception):
@@ -175,7 +175,7 @@ def traffic(environment, refresh: bool = False) -> _Traffic:
             url = _http_url(environment)
             try:
                 heads = discover_heads(url)
-            except OSError as exc:
+            except (OSError, HeadroomError) as exc:
                 raise RuntimeError(f"cannot read the repository index of {url}: {exc}") from exc
             if not heads:
                 raise RuntimeError(f"{url} reports no READY head (models head_<name>)")

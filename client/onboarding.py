@@ -35,10 +35,10 @@ from headroom.export.encoder import read_encoder_info
 from headroom.export.heads import exported_head
 from headroom.export.tenants import train_from_file
 from headroom.naming import head_model_name
-from headroom.repository import head_store
+from headroom.repository import head_store, validation
 from headroom.repository.head_store import head_info
 from headroom.repository.locks import HeadBusy, head_lock
-from headroom.repository.validation import HeadValidationError, check_head, read_labels_file
+from headroom.repository.validation import HeadValidationError, read_labels_file
 
 log = logging.getLogger(__name__)
 
@@ -178,7 +178,7 @@ class Onboarding:
         """``headroom.repository.validation.check_head``; ``HeadRefused`` if it fails."""
 
         try:
-            return check_head(model_bytes, labels, served, encoder_fingerprint)
+            return validation.check_head(model_bytes, labels, served, encoder_fingerprint)
         except HeadValidationError as exc:
             raise HeadRefused(f"head {name!r} refused: {exc}") from exc
 

@@ -67,13 +67,17 @@ def _read_file(path: Path) -> str:
 
 def load_admin_key(key_file: Path | None = None, environ: dict[str, str] | None = None) -> str | None:
     """The admin key: ``HEADROOM_ADMIN_KEY`` when set and non-empty, else the content of
-    ``key_file`` when given and present (``Settings.admin_key_file``), else None."""
+    ``key_file`` when given and present (``Settings.admin_key_file``), else of the file that
+    ``HEADROOM_ADMIN_KEY_FILE`` names, else None. The environment is read when called."""
     environ = os.environ if environ is None else environ
     value = environ.get(config.ADMIN_KEY_ENV, "")
     if value.strip():
         return validate(value, config.ADMIN_KEY_ENV)
     if key_file is None:
-        return None
+        named = environ.get(config.ADMIN_KEY_FILE_ENV, "")
+        if not named:
+            return None
+        key_file = Path(named)
     path = Path(key_file)
     return _read_file(path) if path.is_file() else None
 

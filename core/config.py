@@ -64,7 +64,8 @@ EMBEDDING_DIM = 384
 #: Maximum tokens per text, [CLS] and [SEP] included (sentence-transformers' value for MiniLM).
 MAX_SEQ_LEN_TOKENS = 256
 #: fp32; int8: dynamic quantisation (activation scales per batch); int8-static: static quantisation
-#: (activation ranges calibrated on real text, answers independent of the batch). README "Choosing the encoder".
+#: (activation ranges calibrated on real text, answers independent of the batch).
+#: docs/benchmarks.md, "Choosing the encoder".
 ENCODER_VARIANTS = ("fp32", "int8", "int8-static")
 #: Variants whose answer for a text does not depend on its batch-mates or padding (to 1e-5): their
 #: activation scales are fixed (fp32: none). Dynamic int8 computes scales per batch.

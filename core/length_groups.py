@@ -27,7 +27,7 @@ import numpy as np
 
 @dataclass(frozen=True)
 class GroupingLimits:
-    """Bounds of one encoder call (README "Length-aware batching" gives the measurements)."""
+    """Bounds of one encoder call (docs/benchmarks.md, "Length-aware batching", gives the measurements)."""
 
     max_batch_tokens: int = 1024
     max_rows: int = 128

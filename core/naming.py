@@ -5,8 +5,9 @@ A tenant's head is called by its *name* (``smart_home``) and lives in Triton as 
 digits, ``_`` and ``-``, starting with a letter or digit, and not one of the system models' names (``encoder``,
 ``tokenizer``, ``embed``, ``pipeline``). Because the pipeline only ever adds
 the ``head_`` prefix to a name that matches this rule, ``HEAD`` can never reach ``encoder``,
-``pipeline`` or any other non-head model. The same rule is enforced server-side in
-``model_repository/executor/1/head_files.py`` (a test keeps the two identical).
+``pipeline`` or any other non-head model. The executor enforces the very same rule on every
+row it runs: ``head_name_problem`` is the server-side form (a message, not an exception), and the
+executor imports it from here.
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ HEAD_NAME_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,47}$"
 #: refused, so no name that was refused before becomes valid.
 RESERVED_HEAD_NAMES = frozenset({*SYSTEM_MODELS, "tokenizer"})
 _HEAD_NAME = re.compile(HEAD_NAME_PATTERN)
+#: Longest piece of a refused name echoed in the executor's error (gRPC carries messages in 8 KiB metadata).
+SHOWN_NAME_CHARS = 64
 
 
 class InvalidHeadName(ValueError):
@@ -39,6 +42,22 @@ def validate_head_name(name: str) -> str:
     return name
 
 
+def head_name_problem(name: str) -> str | None:
+    """Why ``name`` cannot name a head, or None when it can: the executor's form of the rule, the
+    message a row naming it fails with (INVALID_ARG)."""
+    if not isinstance(name, str) or not _HEAD_NAME.fullmatch(name):
+        shown = repr(name)
+        if isinstance(name, str) and len(name) > SHOWN_NAME_CHARS:
+            shown = f"{name[:SHOWN_NAME_CHARS]!r}... ({len(name)} characters)"
+        return (
+            f"invalid head name {shown}: names are 1-48 characters of a-z, 0-9, '_' and '-' "
+            "starting with a letter or digit"
+        )
+    if name in RESERVED_HEAD_NAMES:
+        return f"'{name}' is a system model, not a head"
+    return None
+
+
 def head_model_name(name: str) -> str:
     """Triton model name of head ``name`` (``smart_home`` -> ``head_smart_home``)."""
     return HEAD_MODEL_PREFIX + validate_head_name(name)
@@ -49,7 +68,7 @@ def head_name_of(model_name: str) -> str | None:
     if not model_name.startswith(HEAD_MODEL_PREFIX):
         return None
     name = model_name[len(HEAD_MODEL_PREFIX) :]
-    return name if _HEAD_NAME.fullmatch(name) and name not in RESERVED_HEAD_NAMES else None
+    return name if head_name_problem(name) is None else None
 
 
 def head_models_in(repository: Path) -> list[str]:

@@ -144,7 +144,7 @@ def calibration_texts() -> list[str]:
 
 
 #: Static INT8 smoothing strength (SmoothQuant's alpha): the share of each input channel's outlier
-#: range moved into the weights. 0.75-0.95 measured alike here, 0.5 worse than no smoothing (README).
+#: range moved into the weights. 0.75-0.95 measured alike here, 0.5 worse than no smoothing (docs/benchmarks.md).
 SMOOTHING_ALPHA = 0.8
 #: Calibration texts of the same token count are run together, at most this many at once (no padding).
 CALIBRATION_BATCH = 32

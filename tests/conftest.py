@@ -71,7 +71,7 @@ class ServerHandle:
     repository: Path
     state_dir: Path
     log_file: Path
-    #: The key the server's control plane needs (README "Security"); ``client()`` sends it.
+    #: The key the server's control plane needs (docs/security.md); ``client()`` sends it.
     admin_key: str | None = None
 
     @property

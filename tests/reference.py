@@ -33,5 +33,5 @@ def served_variant(repository: Path) -> str:
 
 
 def tolerance(repository: Path) -> float:
-    """How far a batched answer may differ from the same text alone (README "Choosing the encoder")."""
+    """How far a batched answer may differ from the same text alone (docs/benchmarks.md, "Choosing the encoder")."""
     return 1e-5 if served_variant(repository) in config.BATCH_INDEPENDENT_VARIANTS else 0.35

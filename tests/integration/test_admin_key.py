@@ -1,4 +1,4 @@
-"""The protected control plane (README "Security"): the admin key, and Triton enforcing it.
+"""The protected control plane (docs/security.md): the admin key, and Triton enforcing it.
 
 Unit tests cover where the key comes from; integration tests run against the session's real
 tritonserver (conftest.py), which starts with the key, over HTTP and gRPC alike.
@@ -26,8 +26,8 @@ from headroom.admin_key import (
     fingerprint,
     load_admin_key,
 )
-from headroom.client.cli import serve_admin_key
 from headroom.client.inference import HeadroomError
+from headroom.server.cli import serve_admin_key
 from headroom.server.launcher import build_command, restriction_args
 from tritonclient.utils import InferenceServerException
 
@@ -79,11 +79,11 @@ def test_ensure_uses_the_environment_and_writes_nothing(tmp_path):
 def test_serve_announces_a_created_key_without_printing_it(tmp_path, monkeypatch, capsys):
     monkeypatch.delenv(config.ADMIN_KEY_ENV, raising=False)
     monkeypatch.delenv(config.ADMIN_KEY_FILE_ENV, raising=False)
-    key = serve_admin_key(tmp_path)
+    key = serve_admin_key(tmp_path / "admin.key")
     out = capsys.readouterr().out
     assert f"admin key: created {tmp_path / 'admin.key'}" in out and "header admin-key" in out
     assert key not in out
-    assert serve_admin_key(tmp_path) == key
+    assert serve_admin_key(tmp_path / "admin.key") == key
     assert "admin key: in " in capsys.readouterr().out
 
 
@@ -243,7 +243,7 @@ def test_client_reports_a_missing_or_wrong_key_clearly(triton, guarded, protocol
             assert f"the server refused the repository index: admin key {which}" in str(caught.value)
             assert config.ADMIN_KEY_ENV in str(caught.value)
             with pytest.raises(HeadroomError, match=f"refused load of {guarded}: admin key {which}"):
-                client._load(guarded)
+                client.load_model(guarded)
             with pytest.raises(HeadroomError, match=f"refused unload of head_smart_home: admin key {which}"):
                 triton.onboarding(client).offboard("smart_home")
             assert client.is_head_ready("smart_home")

@@ -14,8 +14,6 @@ import os
 import subprocess
 import sys
 import threading
-import time
-from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
@@ -31,6 +29,7 @@ from onnx import TensorProto
 
 from tests.conftest import DEMO_HEADS
 from tests.onnx_heads import OTHER_ENCODER, changes, graph_head, linear_head, snapshot, write_head_files
+from tests.polling import wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -58,9 +57,7 @@ class Traffic:
             for head, text in TRAFFIC_TEXTS.items():
                 self.labels[head] = list(client.classify([text], head)[0].probabilities)
         self.thread.start()
-        deadline = time.monotonic() + 30
-        while self.answers == 0 and not self.failures and time.monotonic() < deadline:
-            time.sleep(0.01)
+        wait_for(lambda: self.answers or self.failures, 30, interval_s=0.01, fail=False)
 
     def _run(self) -> None:
         with self.triton.client(self.triton.grpc_url, concurrency=4) as client:
@@ -364,12 +361,17 @@ def test_labels_files_read_like_the_executor_reads_them(tmp_path):
     assert validation.read_labels_file(path) == ["b", "a"]
 
 
-def test_executor_rules_are_read_from_the_repository_without_writing_there(triton, monkeypatch):
-    """Compiled from the served repository's file, with no bytecode written into the model folder."""
-    monkeypatch.setattr(validation, "_rules_cache", {})
+def test_onboarding_checks_heads_with_the_executors_own_rules_and_writes_nothing_there(triton):
+    """One copy of the head rules: onboarding's check and the executor's loading run the same
+    ``parse_head``, imported normally, and checking a head writes nothing into a model folder."""
+    from headroom import head_format
+    from headroom.executor import resident_heads
+
+    assert validation.parse_head is head_format.parse_head
+    assert resident_heads.parse_head is head_format.parse_head
     folder = triton.repository / config.EXECUTOR_MODEL
     before = snapshot(folder)
-    rules = validation.executor_rules(triton.repository)
-    assert Path(rules.__file__) == folder / "1" / "resident_heads.py"
-    assert rules.parse_head is not validation.executor_rules(config.MODEL_REPOSITORY).parse_head
+    fingerprint = read_encoder_info(triton.repository)["fingerprint"]
+    model_bytes, labels = linear_head(3, seed=5, fingerprint=fingerprint)
+    assert validation.check_head(model_bytes, labels, fingerprint).labels == labels
     assert changes(before, snapshot(folder)) == []

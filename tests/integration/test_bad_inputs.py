@@ -11,17 +11,6 @@ a message naming the problem; every good batch-mate must get the answer it gets 
 the tokenizer (control or format characters only) is refused like an empty one; a refusal message
 stays short (a 10,000-character name is not echoed whole).
 
-``test_fuzzed_text_and_head_are_answered_or_refused_never_lost`` sends thousands of requests whose
-``TEXT`` and ``HEAD`` come from hypothesis (any unicode text, raw bytes, real and made-up head
-names) in small concurrent gRPC batches, next to two anchor requests with known answers. Every
-request gets exactly one answer; a valid head with a non-blank UTF-8 text is answered with that
-head's labels (no cross-routing); anything else is refused with INVALID_ARGUMENT or NOT_FOUND and
-a message. ``HEADROOM_FUZZ_EXAMPLES`` (default 250 batches of 8 fuzzed requests) sets the length
-of the run: ``HEADROOM_FUZZ_EXAMPLES=20000 pytest -s tests/test_bad_inputs.py -k fuzz`` is a soak.
-Examples are random per run and kept in no example database (hypothesis only caches unicode
-tables under the git-ignored ``.hypothesis/``); a failure prints the ``@reproduce_failure`` blob
-that replays it.
-
 Batching is checked with Triton's Prometheus counters of ``pipeline`` (``nv_inference_count``
 against ``nv_inference_exec_count``); the metrics port needs no admin key.
 """
@@ -29,12 +18,9 @@ against ``nv_inference_exec_count``); the metrics port needs no admin key.
 from __future__ import annotations
 
 import json
-import os
 import threading
-import time
 import urllib.error
 import urllib.request
-from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
@@ -46,72 +32,39 @@ import pytest
 import tritonclient.grpc as triton_grpc
 import tritonclient.http as triton_http
 from headroom import config
-from headroom.naming import HEAD_NAME_PATTERN, RESERVED_HEAD_NAMES, InvalidHeadName, validate_head_name
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
-from tokenizers import Tokenizer
+from headroom.naming import RESERVED_HEAD_NAMES
 from tritonclient.utils import InferenceServerException
 
-from tests.conftest import DEMO_HEADS
+from tests import bad_requests
+from tests.bad_requests import (
+    GOOD_REQUESTS,
+    GRPC_CODES,
+    INVALID_NAME,
+    MAX_MESSAGE_CHARS,
+    MODEL,
+    RESPONSE_TIMEOUT_S,
+    Answer,
+    Outcome,
+    Refusal,
+    _address,
+    _answer,
+    _assert_same_answer,
+    _infer_alone,
+    _pipeline_counters,
+    _refusal,
+    _tokenizer,
+    pair,
+    strings,
+)
+from tests.polling import wait_for
 
 pytestmark = pytest.mark.integration
 
-MODEL = config.PIPELINE_MODEL
-OUTPUTS = ("LABEL", "SCORE", "PROBS", "LABELS")
-#: Good batch-mates of every bad request: four texts for each demo head, 16 requests.
-GOOD_REQUESTS: tuple[tuple[str, str], ...] = tuple(
-    (head, text)
-    for head, texts in {
-        "smart_home": ("turn on the kitchen lights", "lock the front door", "set a timer for ten minutes", "play jazz"),
-        "knowledge": ("what is a computer", "who wrote hamlet", "what is the speed of light", "who was napoleon"),
-        "lifestyle": ("what is your favorite food", "do you like football", "how much money do you have", "pizza"),
-        "smalltalk": ("hello there", "tell me a joke", "are you a robot", "good morning, how are you"),
-    }.items()
-    for text in texts
-)
+# The shared module-scoped fixtures: pytest finds a fixture by its name in the test module.
+alone, grpc_client, head_labels, tolerance = bad_requests.FIXTURES
+
 #: A head this module onboards and offboards again (never a demo head: other tests use those).
 OFFBOARDED_HEAD = "bad-inputs-offboarded"
-#: A longer refusal message is not "clear"; gRPC carries it in trailing metadata (8 KiB client limit).
-MAX_MESSAGE_CHARS = 1024
-RESPONSE_TIMEOUT_S = 60.0
-GRPC_CODES = {"400": "StatusCode.INVALID_ARGUMENT", "404": "StatusCode.NOT_FOUND"}
-
-
-# --- what a request gets back ------------------------------------------------------------------
-@dataclass(frozen=True)
-class Answer:
-    """A classification: winning label, its score, all probabilities and their label names."""
-
-    label: str
-    score: float
-    labels: tuple[str, ...]
-    probs: np.ndarray = field(repr=False)
-
-
-@dataclass(frozen=True)
-class Refusal:
-    """An error response: Triton's status (``"400"`` over HTTP, ``"StatusCode.NOT_FOUND"`` over gRPC)."""
-
-    status: str
-    message: str
-
-
-Outcome = Answer | Refusal
-
-
-def _answer(result) -> Answer:
-    """An ``Answer`` from a tritonclient (HTTP or gRPC) ``InferResult``."""
-    labels = tuple(v.decode("utf-8") for v in result.as_numpy("LABELS").reshape(-1))
-    return Answer(
-        label=result.as_numpy("LABEL").reshape(-1)[0].decode("utf-8"),
-        score=float(result.as_numpy("SCORE").reshape(-1)[0]),
-        labels=labels,
-        probs=result.as_numpy("PROBS").reshape(-1).astype(np.float64),
-    )
-
-
-def _refusal(exc: InferenceServerException) -> Refusal:
-    return Refusal(str(exc.status()), exc.message() or "")
 
 
 # --- what a case expects ------------------------------------------------------------------------
@@ -152,33 +105,6 @@ class ContractGap(AssertionError):
     refused with a message too long to be clear (or to cross gRPC's 8 KiB metadata limit)."""
 
 
-# --- inputs -------------------------------------------------------------------------------------
-def _value(value: str | bytes) -> bytes:
-    return value if isinstance(value, bytes) else value.encode("utf-8")
-
-
-def strings(module: ModuleType, name: str, values: list, datatype: str = "BYTES"):
-    """An ``InferInput`` named ``name`` holding ``values`` (nested lists; str are sent as UTF-8)."""
-    if datatype == "BYTES":
-        array = np.array(_nested(values), dtype=np.object_)
-    else:
-        array = np.array(values, dtype={"FP32": np.float32, "INT32": np.int32}[datatype])
-    if array.size == 0:
-        array = array.reshape(0, 1)
-    tensor = module.InferInput(name, list(array.shape), datatype)
-    tensor.set_data_from_numpy(array)
-    return tensor
-
-
-def _nested(values):
-    return [_nested(v) for v in values] if isinstance(values, list) else _value(values)
-
-
-def pair(text: str | bytes, head: str | bytes) -> Callable[[ModuleType], list]:
-    """Inputs of one well-formed request: TEXT [1,1] and HEAD [1,1]."""
-    return lambda m: [strings(m, "TEXT", [[text]]), strings(m, "HEAD", [[head]])]
-
-
 def _json_body(text: object = "hello", head: object = "smart_home", shape: list[int] | None = None) -> bytes:
     """A KServe v2 JSON request with TEXT and HEAD as JSON ``data`` (no binary extension)."""
     shape = shape or [1, 1]
@@ -198,14 +124,6 @@ def _long_text() -> str:
 
 
 LONG_TEXT = _long_text()
-
-
-def _tokenizer(repository: Path) -> Tokenizer:
-    """The served encoder's tokenizer, without padding or truncation."""
-    tokenizer = Tokenizer.from_file(str(config.encoder_version_dir(repository) / config.TOKENIZER_FILE))
-    tokenizer.no_padding()
-    tokenizer.no_truncation()
-    return tokenizer
 
 
 def truncated_long_text(repository: Path) -> str:
@@ -242,7 +160,6 @@ def _max_batch_size(model: str) -> int:
 
 
 PIPELINE_MAX_BATCH = _max_batch_size(MODEL)
-INVALID_NAME = "invalid head name"
 TEXT_SHAPE = "unexpected shape for input 'TEXT'"
 
 CASES: tuple[Case, ...] = (
@@ -465,68 +382,6 @@ BURSTS: list[tuple[int, int]] = []
 
 
 # --- fixtures and helpers -----------------------------------------------------------------------
-def _address(url: str) -> str:
-    return url.split("://", 1)[1]
-
-
-def _pipeline_counters(triton) -> tuple[int, int]:
-    """``pipeline``'s (inferences, executions) so far, from the Prometheus metrics endpoint."""
-    url = f"http://{triton.server.address.host}:{triton.server.address.metrics_port}/metrics"
-    with urllib.request.urlopen(url, timeout=10) as response:
-        text = response.read().decode("utf-8")
-    counts = {"nv_inference_count": 0, "nv_inference_exec_count": 0}
-    for line in text.splitlines():
-        name, _, rest = line.partition("{")
-        if name in counts and f'model="{MODEL}"' in rest:
-            counts[name] += int(float(rest.rsplit(" ", 1)[1]))
-    return counts["nv_inference_count"], counts["nv_inference_exec_count"]
-
-
-def _served_variant(repository: Path) -> str:
-    return json.loads((config.encoder_version_dir(repository) / config.ENCODER_INFO_FILE).read_text())["variant"]
-
-
-@pytest.fixture(scope="module")
-def tolerance(triton) -> float:
-    """How far a batched answer may differ from the same text alone (README "Choosing the encoder")."""
-    return 1e-5 if _served_variant(triton.repository) in config.BATCH_INDEPENDENT_VARIANTS else 0.35
-
-
-@pytest.fixture(scope="module")
-def grpc_client(triton):
-    client = triton_grpc.InferenceServerClient(_address(triton.grpc_url))
-    yield client
-    client.close()
-
-
-def _infer_alone(client, head: str, text: str) -> Answer:
-    result = client.infer(MODEL, pair(text, head)(triton_grpc), client_timeout=RESPONSE_TIMEOUT_S)
-    return _answer(result)
-
-
-@pytest.fixture(scope="module")
-def alone(grpc_client) -> Callable[[str, str], Answer]:
-    """The answer to (head, text) sent alone, one request at a time (cached)."""
-    cache: dict[tuple[str, str], Answer] = {}
-
-    def answer(head: str, text: str) -> Answer:
-        if (head, text) not in cache:
-            cache[(head, text)] = _infer_alone(grpc_client, head, text)
-        return cache[(head, text)]
-
-    for head, text in GOOD_REQUESTS:
-        answer(head, text)
-    return answer
-
-
-@pytest.fixture(scope="module")
-def head_labels(alone) -> dict[str, tuple[str, ...]]:
-    """Each demo head's label names, in ``PROBS`` order."""
-    labels = {head: alone(head, text).labels for head, text in GOOD_REQUESTS}
-    assert len(set(labels.values())) == len(DEMO_HEADS), "demo heads must have distinct label sets"
-    return labels
-
-
 @pytest.fixture(scope="module")
 def matrix_start(triton, alone) -> tuple[int, int]:
     """``pipeline``'s counters before the matrix's first burst."""
@@ -612,22 +467,15 @@ def _burst(triton, grpc_client, send_bad: Callable[[], Outcome]) -> tuple[list[l
     worker.join(RESPONSE_TIMEOUT_S + 5)
     assert bad, "the bad request got no answer"
     # Triton counts a batch just after sending its responses: wait for the good ones' batches.
-    deadline = time.monotonic() + 5
-    while (after := _pipeline_counters(triton))[0] - before[0] < len(GOOD_REQUESTS) and time.monotonic() < deadline:
-        time.sleep(0.02)
+    after = wait_for(
+        lambda: _pipeline_counters(triton),
+        5,
+        interval_s=0.02,
+        until=lambda after: after[0] - before[0] >= len(GOOD_REQUESTS),
+        fail=False,
+    )
     BURSTS.append((after[0] - before[0], after[1] - before[1]))
     return good, bad[0]
-
-
-def _assert_same_answer(got: Outcome, want: Answer, tolerance: float, what: str) -> None:
-    assert isinstance(got, Answer), f"{what}: expected an answer, got {got}"
-    assert got.labels == want.labels, f"{what}: answered by another head ({got.labels} != {want.labels})"
-    difference = float(np.abs(got.probs - want.probs).max())
-    assert difference <= tolerance, f"{what}: PROBS differ from the same request alone by {difference}"
-    top2 = np.sort(want.probs)[-2:]
-    if top2[1] - top2[0] > 2 * tolerance:
-        assert got.label == want.label, f"{what}: label {got.label!r} != {want.label!r}"
-    assert got.score == pytest.approx(float(got.probs.max()), abs=1e-6)
 
 
 def _describe(outcome: Outcome) -> str:
@@ -690,173 +538,3 @@ def test_server_is_healthy_and_batched_after_the_matrix(triton, grpc_client, alo
     if BURSTS:  # the matrix ran (it does unless deselected)
         assert executions < inferences, "bad and good requests were never batched together"
         assert batched >= len(BURSTS) // 2, f"only {batched} of {len(BURSTS)} bursts were batched"
-
-
-# --- fuzzing ------------------------------------------------------------------------------------
-FUZZ_EXAMPLES = int(os.environ.get("HEADROOM_FUZZ_EXAMPLES", "250"))
-FUZZ_BATCH = 8
-#: Counts of the fuzz run (requests sent, outcomes), reported at its end.
-FUZZ_COUNTS: Counter[str] = Counter()
-
-_characters = st.characters(exclude_categories=("Cs",))
-fuzz_texts = st.one_of(
-    st.text(_characters, max_size=64),
-    st.binary(max_size=64),
-    st.sampled_from(
-        ["", " ", "\t\n", "\u3000", "\x00", "\u200b", "\U0001f600", "turn on the lights", "who wrote hamlet"]
-    ),
-    st.text(_characters, min_size=300, max_size=1500),
-)
-fuzz_heads = st.one_of(
-    st.sampled_from(DEMO_HEADS),
-    st.sampled_from(DEMO_HEADS),
-    st.from_regex(HEAD_NAME_PATTERN, fullmatch=True),
-    st.text(_characters, max_size=60),
-    st.binary(max_size=60),
-    st.sampled_from(
-        [
-            *sorted(RESERVED_HEAD_NAMES),
-            "executor",
-            "head_smart_home",
-            "SMART_HOME",
-            "smart_home\n",
-            "../x",
-            "",
-            "a" * 49,
-        ]
-    ),
-)
-fuzz_batches = st.lists(st.tuples(fuzz_texts, fuzz_heads), min_size=FUZZ_BATCH, max_size=FUZZ_BATCH)
-anchors = st.lists(st.sampled_from(range(len(GOOD_REQUESTS))), min_size=2, max_size=2)
-
-
-@dataclass(frozen=True)
-class Acceptable:
-    """What one fuzzed request may get: an answer from ``head``, or a refusal in ``refusals``.
-
-    ``anything``: a valid name of a head that other tests onboarded (not the demo heads').
-    """
-
-    head: str | None = None
-    refusals: tuple[tuple[str, str], ...] = ()  # (HTTP code, words)
-    anything: bool = False
-
-
-def _acceptable(text: bytes, head: bytes, repository: Path, tokenizer: Tokenizer) -> Acceptable:
-    """Every outcome the contract allows for (TEXT, HEAD); several problems: any one of them."""
-    problems: list[tuple[str, str]] = []
-    try:
-        decoded_text: str | None = text.decode("utf-8")
-    except UnicodeDecodeError:
-        decoded_text = None
-        problems.append(("400", "input 'TEXT' is not valid UTF-8"))
-    if decoded_text is not None and not any(
-        not special for special in tokenizer.encode(decoded_text).special_tokens_mask
-    ):
-        # Empty, whitespace, or blank to the tokenizer (control or format characters only).
-        problems.append(("400", "TEXT is empty"))
-    try:
-        name: str | None = head.decode("utf-8")
-    except UnicodeDecodeError:
-        name = None
-        problems.append(("400", "input 'HEAD' is not valid UTF-8"))
-    answering = None
-    if name is not None:
-        try:
-            validate_head_name(name)
-        except InvalidHeadName:
-            problems.append(("400", "is a system model" if name in RESERVED_HEAD_NAMES else INVALID_NAME))
-        else:
-            if name in DEMO_HEADS:
-                answering = name
-            elif (repository / f"{config.HEAD_MODEL_PREFIX}{name}").exists():
-                return Acceptable(anything=True)
-            else:
-                problems.append(("404", f"head '{name}' is not loaded"))
-    if problems:
-        return Acceptable(refusals=tuple(problems))
-    assert decoded_text is not None and answering is not None
-    return Acceptable(head=answering)
-
-
-def _check_fuzzed(outcome: Outcome, acceptable: Acceptable, labels: dict[str, tuple[str, ...]], what: str) -> str:
-    """Assert ``outcome`` is acceptable; returns its kind for the counts."""
-    if acceptable.anything:
-        return "other-tests-head"
-    if isinstance(outcome, Answer):
-        assert acceptable.head is not None, f"{what}: answered {outcome.label!r}, wanted one of {acceptable.refusals}"
-        assert outcome.labels == labels[acceptable.head], f"{what}: cross-routed, LABELS {outcome.labels}"
-        assert outcome.label == outcome.labels[int(np.argmax(outcome.probs))], what
-        assert abs(float(outcome.probs.sum()) - 1.0) < 1e-4 and outcome.score == pytest.approx(outcome.probs.max())
-        return "answered"
-    assert len(outcome.message) <= MAX_MESSAGE_CHARS, f"{what}: a {len(outcome.message)}-character message"
-    for code, words in acceptable.refusals:
-        if outcome.status == GRPC_CODES[code] and words in outcome.message:
-            return f"refused-{outcome.status.removeprefix('StatusCode.')}"
-    raise AssertionError(f"{what}: got {outcome}, wanted {acceptable}")
-
-
-@pytest.fixture(scope="module")
-def served_tokenizer(triton) -> Tokenizer:
-    return _tokenizer(triton.repository)
-
-
-@pytest.mark.timeout(max(600, FUZZ_EXAMPLES * 2))
-def test_fuzzed_text_and_head_are_answered_or_refused_never_lost(
-    triton, grpc_client, alone, head_labels, served_tokenizer, tolerance
-):
-    started = time.perf_counter()
-    counters_before = _pipeline_counters(triton)
-
-    @settings(
-        max_examples=FUZZ_EXAMPLES,
-        deadline=None,
-        database=None,
-        print_blob=True,
-        suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow, HealthCheck.data_too_large],
-    )
-    @given(batch=fuzz_batches, anchor_rows=anchors)
-    def one_batch(batch: list[tuple[str | bytes, str | bytes]], anchor_rows: list[int]) -> None:
-        requests = [(_value(text), _value(head)) for text, head in batch]
-        anchored = [GOOD_REQUESTS[row] for row in anchor_rows]
-        # Anchors (known answers) in the middle and at the end of the batch.
-        sent = requests[: FUZZ_BATCH // 2] + [(t.encode(), h.encode()) for h, t in anchored[:1]]
-        sent += requests[FUZZ_BATCH // 2 :] + [(t.encode(), h.encode()) for h, t in anchored[1:]]
-        outcomes: list[list[Outcome]] = [[] for _ in sent]
-        arrived = threading.Semaphore(0)
-
-        def done(index: int, result, error) -> None:
-            outcomes[index].append(_refusal(error) if error is not None else _answer(result))
-            arrived.release()
-
-        for index, (text, head) in enumerate(sent):
-            grpc_client.async_infer(
-                MODEL, pair(text, head)(triton_grpc), partial(done, index), client_timeout=RESPONSE_TIMEOUT_S
-            )
-        for _ in sent:
-            assert arrived.acquire(timeout=RESPONSE_TIMEOUT_S + 5), "a request got no answer (lost)"
-        FUZZ_COUNTS["requests"] += len(sent)
-        FUZZ_COUNTS["fuzzed"] += len(requests)
-        FUZZ_COUNTS["batches"] += 1
-        anchor_positions = {FUZZ_BATCH // 2: anchored[0], len(sent) - 1: anchored[1]}
-        fuzzed = iter(requests)
-        for index, got in enumerate(outcomes):
-            assert len(got) == 1, f"request {index} got {len(got)} answers"
-            if index in anchor_positions:
-                head, text = anchor_positions[index]
-                _assert_same_answer(got[0], alone(head, text), tolerance, f"anchor {head}/{text!r}")
-                continue
-            text, head = next(fuzzed)
-            acceptable = _acceptable(text, head, triton.repository, served_tokenizer)
-            FUZZ_COUNTS[_check_fuzzed(got[0], acceptable, head_labels, f"TEXT={text[:80]!r} HEAD={head[:80]!r}")] += 1
-        assert triton.server.process.poll() is None, "tritonserver exited"
-        assert grpc_client.is_server_live(), "tritonserver is not live"
-
-    one_batch()
-    inferences, executions = (a - b for a, b in zip(_pipeline_counters(triton), counters_before, strict=True))
-    seconds = time.perf_counter() - started
-    outcomes = ", ".join(f"{kind} {count}" for kind, count in sorted(FUZZ_COUNTS.items()))
-    print(f"\nfuzz: {outcomes}; pipeline inferred {inferences} requests in {executions} executions; {seconds:.1f} s")
-    assert grpc_client.is_model_ready(MODEL)
-    assert FUZZ_COUNTS["fuzzed"] >= FUZZ_BATCH * min(FUZZ_EXAMPLES, 250) * 0.9
-    assert executions < inferences, "fuzzed requests were never batched together"

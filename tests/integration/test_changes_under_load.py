@@ -29,6 +29,8 @@ from headroom import config
 from headroom.client.inference import HeadroomError
 from headroom.repository.head_store import versions_of
 
+from tests.polling import wait_for
+
 pytestmark = pytest.mark.integration
 
 LOADED_DEMO_HEADS = ("knowledge", "lifestyle", "smalltalk")
@@ -111,11 +113,19 @@ class LoadGenerator:
 
     def wait_for(self, heads: list[str], count: int, since: float, timeout_s: float = 120) -> None:
         """Poll until every head got ``count`` requests that started after ``since``."""
-        deadline = time.monotonic() + timeout_s
-        while any(self.count(head, since) < count for head in heads):
-            assert not self.crashes, self.crashes
-            assert time.monotonic() < deadline, {head: self.count(head, since) for head in heads}
-            time.sleep(0.05)
+
+        def counts() -> dict[str, int]:
+            counted = {head: self.count(head, since) for head in heads}
+            if any(n < count for n in counted.values()):
+                assert not self.crashes, self.crashes
+            return counted
+
+        wait_for(
+            counts,
+            timeout_s,
+            message=f"fewer than {count} requests per head",
+            until=lambda counted: all(n >= count for n in counted.values()),
+        )
 
     def _run(self, url: str, offset: int) -> None:
         try:

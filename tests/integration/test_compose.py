@@ -12,11 +12,11 @@ import json
 import os
 import re
 import subprocess
-import urllib.request
 from pathlib import Path
 
 import pytest
 import yaml
+from headroom.client.metrics import MetricsPage, fetch_metrics_text
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = REPO_ROOT / "docker-compose.yml"
@@ -25,7 +25,7 @@ DASHBOARDS = sorted((DOCKER_DIR / "grafana" / "dashboards").glob("*.json"))
 METRIC_NAME = re.compile(r"nv_[a-z_]+")
 # label matchers on `model` in PromQL: model="x", model=~"re", model!="x"
 MODEL_MATCHER = re.compile(r'model\s*(=~|=|!=|!~)\s*"([^"]*)"')
-#: The compose file needs HEADROOM_ADMIN_KEY (README "Security"); validation runs with this one.
+#: The compose file needs HEADROOM_ADMIN_KEY (docs/security.md); validation runs with this one.
 TEST_ADMIN_KEY = "compose-test-key-0123456789"
 
 
@@ -177,13 +177,7 @@ def test_dashboards_are_valid() -> None:
 
 def scraped_series(metrics_text: str) -> dict[str, set[str]]:
     """metric name -> values of its `model` label, from Prometheus text format."""
-    series: dict[str, set[str]] = {}
-    for line in metrics_text.splitlines():
-        match = re.match(r"([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})?\s", line)
-        if match and not line.startswith("#"):
-            model = re.search(r'model="([^"]*)"', match.group(2) or "")
-            series.setdefault(match.group(1), set()).update([model.group(1)] if model else [])
-    return series
+    return MetricsPage.parse(metrics_text).label_values("model")
 
 
 @pytest.mark.integration
@@ -191,9 +185,7 @@ def test_dashboard_metrics_are_exported_by_triton(triton) -> None:
     # Per-model counters appear once models are loaded; one request makes sure they are live.
     with triton.client() as client:
         assert client.classify(["turn on the lights"], "smart_home")[0].label
-    url = f"http://localhost:{triton.server.address.metrics_port}/metrics"
-    with urllib.request.urlopen(url, timeout=10) as response:
-        series = scraped_series(response.read().decode())
+    series = scraped_series(fetch_metrics_text("localhost", triton.server.address.metrics_port, timeout_s=10))
     for path in DASHBOARDS:
         for expr in dashboard_expressions(path):
             for name in METRIC_NAME.findall(expr):

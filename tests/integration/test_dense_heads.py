@@ -8,10 +8,8 @@ through Triton's model-control API; the module offboards them again at the end.
 from __future__ import annotations
 
 import os
-import re
 import threading
 import time
-import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -21,12 +19,14 @@ import tritonclient.grpc as triton_grpc
 import tritonclient.http as triton_http
 from headroom import config
 from headroom.client.inference import HeadroomError
+from headroom.client.metrics import read_metrics
 from headroom.export.encoder import read_encoder_info
 from headroom.head_format import HEAD_INPUT, HEAD_OUTPUT
 from headroom.repository import head_store
 
 from tests import onnx_heads
 from tests.conftest import DEMO_HEADS
+from tests.polling import wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -104,12 +104,9 @@ def unit_rows(rows: int, seed: int) -> np.ndarray:
 
 
 def metric(triton, name: str) -> float:
-    url = f"http://{triton.server.address.host}:{triton.server.address.metrics_port}/metrics"
-    with urllib.request.urlopen(url, timeout=5) as response:
-        text = response.read().decode()
-    match = re.search(rf"^{name}\{{[^}}]*\}} ([0-9.e+-]+)$", text, re.MULTILINE)
-    assert match, f"metric {name} not exported"
-    return float(match.group(1))
+    value = read_metrics(triton.server.address.host, triton.server.address.metrics_port, timeout_s=5).value(name)
+    assert value is not None, f"metric {name} not exported"
+    return value
 
 
 def test_200_heads_register_without_processes(triton, synthetic):
@@ -190,13 +187,17 @@ def test_unload_and_load_switch_a_head_off_and_on(triton, synthetic):
     name = "dense-005"
     assert not isinstance(_classify_one(triton, "hello", name), HeadroomError)
     synthetic.unload(name)
-    started = time.monotonic()
-    while not isinstance(result := _classify_one(triton, "hello", name), HeadroomError):
-        assert time.monotonic() - started < 5, "still answered 5 s after unload"
-        time.sleep(0.02)
+    result = wait_for(
+        lambda: _classify_one(triton, "hello", name),
+        5,
+        interval_s=0.02,
+        message="still answered after unload",
+        until=lambda result: isinstance(result, HeadroomError),
+    )
     assert result.status in ("404", "NOT_FOUND") and f"head '{name}' is not loaded" in str(result)
     # The other heads never noticed.
-    assert not isinstance(_classify_one(triton, "hello", "dense-006"), HeadroomError)
+    other = _classify_one(triton, "hello", "dense-006")
+    assert not isinstance(other, HeadroomError) and list(other.probabilities) == synthetic.heads["dense-006"][1]
     synthetic.load(name)
     answer = _classify_one(triton, "hello", name)  # at once: loading is what switches it on
     assert not isinstance(answer, HeadroomError) and list(answer.probabilities) == synthetic.heads[name][1]
@@ -220,18 +221,23 @@ def test_rollover_switches_weights_when_the_new_version_is_ready(triton, synthet
 def test_offboarding_frees_resident_weights_and_fails_at_once(triton, synthetic):
     name = "dense-020"
     model_bytes, labels = synthetic.heads[name]
-    assert not isinstance(_classify_one(triton, "hello", name), HeadroomError)  # now resident
+    resident = _classify_one(triton, "hello", name)  # now resident
+    assert not isinstance(resident, HeadroomError) and list(resident.probabilities) == labels
     before = metric(triton, "headroom_resident_head_bytes")
     head_bytes = len(labels) * DIM * 4 + len(labels) * 4
     with triton.client() as client:
         triton.onboarding(client).offboard(name)
     result = _classify_one(triton, "hello", name)
     assert isinstance(result, HeadroomError) and f"head '{name}' is not loaded" in str(result)
-    deadline = time.monotonic() + 10
-    while metric(triton, "headroom_resident_head_bytes") > before - head_bytes and time.monotonic() < deadline:
+
+    def freed() -> bool:
+        if metric(triton, "headroom_resident_head_bytes") <= before - head_bytes:
+            return True
         # The sweeper frees it within sweep_interval_s; the gauge is published with the next batch.
         _classify_one(triton, "hello", "dense-021")
-        time.sleep(0.1)
+        return False
+
+    wait_for(freed, 10, interval_s=0.1, fail=False)
     assert metric(triton, "headroom_resident_head_bytes") <= before - head_bytes
     del synthetic.heads[name]
 
@@ -243,6 +249,8 @@ def test_stacked_arrays_stay_within_a_quarter_of_the_weights_they_hold(triton, s
     with triton.client(triton.grpc_url, concurrency=32) as client:
         results = client.classify([f"text {i}" for i in range(len(names))], names, return_errors=True)
     assert not [r for r in results if isinstance(r, HeadroomError)]
+    for name, result in zip(names, results, strict=True):  # each answered by its own head
+        assert result.head == name and list(result.probabilities) == synthetic.heads[name][1], name
     stacked, allocated = metric(triton, "headroom_stacked_head_bytes"), metric(triton, "headroom_head_bank_bytes")
     # Stacked heads' labels start with "s" (``linear_head``); dense-010 became an MLP head on rollover.
     linear = [labels for _, labels in synthetic.heads.values() if labels[0].startswith("s")]
@@ -251,7 +259,7 @@ def test_stacked_arrays_stay_within_a_quarter_of_the_weights_they_hold(triton, s
 
 
 def test_the_server_runs_with_jemalloc_or_a_bounded_number_of_glibc_arenas(triton):
-    """What ``server_environment`` gave the running server (README "Dense heads")."""
+    """What ``server_environment`` gave the running server (docs/dense-heads.md, docs/operations.md)."""
     pid = triton.server.process.pid
     with open(f"/proc/{pid}/maps", encoding="utf-8", errors="replace") as handle:
         jemalloc = "libjemalloc" in handle.read()
@@ -264,15 +272,15 @@ def test_the_server_runs_with_jemalloc_or_a_bounded_number_of_glibc_arenas(trito
 
 def test_without_jemalloc_the_launcher_limits_glibc_arenas(monkeypatch):
     """Unit test of ``server_environment``: one arena unless the operator set MALLOC_ARENA_MAX."""
-    from headroom.server import launcher
+    from headroom.server import environment
 
-    monkeypatch.setattr(launcher, "find_jemalloc", lambda: None)
-    env = launcher.server_environment({"PATH": "/usr/bin"})
+    monkeypatch.setattr(environment, "find_jemalloc", lambda setting="auto": None)
+    env = environment.server_environment({"PATH": "/usr/bin"})
     assert env["MALLOC_ARENA_MAX"] == str(config.DEFAULT_MALLOC_ARENA_MAX) and "LD_PRELOAD" not in env
-    assert launcher.server_environment({"MALLOC_ARENA_MAX": "4"})["MALLOC_ARENA_MAX"] == "4"
-    assert launcher.glibc_malloc_settings(0) == {}
-    monkeypatch.setattr(launcher, "find_jemalloc", lambda: "/opt/lib/libjemalloc.so.2")
-    env = launcher.server_environment({"PATH": "/usr/bin"})
+    assert environment.server_environment({"MALLOC_ARENA_MAX": "4"})["MALLOC_ARENA_MAX"] == "4"
+    assert environment.glibc_malloc_settings(0) == {}
+    monkeypatch.setattr(environment, "find_jemalloc", lambda setting="auto": "/opt/lib/libjemalloc.so.2")
+    env = environment.server_environment({"PATH": "/usr/bin"})
     assert env["LD_PRELOAD"] == "/opt/lib/libjemalloc.so.2" and "MALLOC_ARENA_MAX" not in env
 
 
@@ -281,12 +289,16 @@ def test_a_head_file_that_cannot_run_fails_only_its_rows(triton, synthetic):
     synthetic.write("broken", b"this is not an onnx file", ["a", "b"])
     synthetic.load("broken")
     requests = [("hello", "broken")] + [("hello", name) for name in ("dense-030", "mlp-1", *DEMO_HEADS)] * 4
+    expected = {name: synthetic.heads[name][1] for name in ("dense-030", "mlp-1")}
+    expected |= {head: list(_classify_one(triton, "hello", head).probabilities) for head in DEMO_HEADS}
     with triton.client(triton.grpc_url, concurrency=32) as client:
         results = client.classify([t for t, _ in requests], [h for _, h in requests], return_errors=True)
     broken, others = results[0], results[1:]
     assert isinstance(broken, HeadroomError) and "UNAVAILABLE" in str(broken.status)
     assert "not an ONNX model" in str(broken)
     assert not any(isinstance(result, HeadroomError) for result in others)
+    for (_, head), result in zip(requests[1:], others, strict=True):  # each answered by its own head
+        assert result.head == head and list(result.probabilities) == expected[head], head
 
 
 def test_executor_runs_a_batch_with_one_call(triton, synthetic):
@@ -301,7 +313,7 @@ def test_executor_runs_a_batch_with_one_call(triton, synthetic):
     names = [n for n in synthetic.heads if n.startswith("dense")][:64]
     pipeline_before, executor_before = counts("pipeline"), counts("executor")
     with ThreadPoolExecutor(4) as pool:
-        list(pool.map(lambda i: _classify_many(triton, names, seed=i), range(4)))
+        list(pool.map(lambda i: _classify_many(triton, synthetic, names, seed=i), range(4)))
     time.sleep(0.5)
     pipeline_after, executor_after = counts("pipeline"), counts("executor")
     stats_client.close()
@@ -312,8 +324,10 @@ def test_executor_runs_a_batch_with_one_call(triton, synthetic):
     assert executor_calls <= pipeline_batches
 
 
-def _classify_many(triton, names: list[str], seed: int) -> None:
+def _classify_many(triton, synthetic, names: list[str], seed: int) -> None:
     with triton.client(triton.grpc_url, concurrency=32) as client:
         results = client.classify([f"text {seed}-{i}" for i in range(len(names))], names, return_errors=True)
     failed = [r for r in results if isinstance(r, HeadroomError)]
     assert not failed, failed[:3]
+    for name, result in zip(names, results, strict=True):  # each answered by its own head
+        assert result.head == name and list(result.probabilities) == synthetic.heads[name][1], name

@@ -86,15 +86,15 @@ def test_http_outcome(locustfile):
 
 
 def test_ready_heads_from_the_repository_index(locustfile):
-    index = [
-        {"name": "pipeline", "version": "1", "state": "READY"},
-        {"name": "head_b", "version": "1", "state": "UNAVAILABLE"},
-        {"name": "head_a", "version": "1", "state": "UNAVAILABLE"},
-        {"name": "head_a", "version": "2", "state": "READY"},
-        {"name": "head_encoder", "state": "READY"},  # not a head name
-        {"name": "head_c", "state": "READY"},
+    from headroom.client.inference import HeadStatus
+
+    heads = [  # HeadroomClient.list_heads leaves out models that are not heads (pipeline, head_encoder)
+        HeadStatus("b", "head_b", "UNAVAILABLE", "1"),
+        HeadStatus("a", "head_a", "UNAVAILABLE", "1"),
+        HeadStatus("a", "head_a", "READY", "2"),
+        HeadStatus("c", "head_c", "READY", ""),
     ]
-    assert locustfile.ready_heads(index) == ["a", "c"]
+    assert locustfile.ready_heads(heads) == ["a", "c"]
 
 
 def test_infer_body_is_kserve_v2_bytes(locustfile):

@@ -17,8 +17,8 @@
 - ``test_soak_cycles`` (marker ``soak``): the same with ``HEADROOM_SOAK_CYCLES`` (default 1,000)
   cycles; skipped unless ``HEADROOM_SOAK=1``.
 - ``test_concurrent_onboardings_of_one_name_run_one_after_the_other``: two processes onboard the
-  same new name at the same moment, a few times. Both succeed, one after the other (README
-  "Onboarding a tenant"): the first to take the name's lock becomes version 1, the other version
+  same new name at the same moment, a few times. Both succeed, one after the other (docs/onboarding.md,
+  "Concurrent onboarding of one name"): the first to take the name's lock becomes version 1, the other version
   2 once version 1 has answered; version 1 is then archived. Never two versions READY, never a
   half-written folder.
 - ``test_onboarding_waits_for_the_names_lock_across_processes``: the CLI refuses to write while

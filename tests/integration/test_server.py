@@ -6,7 +6,6 @@ import json
 import subprocess
 import sys
 import threading
-import time
 import urllib.request
 from pathlib import Path
 
@@ -21,6 +20,7 @@ from headroom.repository.head_store import versions_of
 from tritonclient.utils import InferenceServerException
 
 from tests.conftest import DEMO_HEADS
+from tests.polling import wait_for
 from tests.reference import offline
 
 pytestmark = pytest.mark.integration
@@ -96,11 +96,14 @@ def test_mixed_tenant_concurrent_requests_come_back_from_the_right_head(triton):
     with triton.client(triton.grpc_url, concurrency=64) as client:
         results = client.classify(texts, heads, batch_size=1)  # one text per request
     # Triton updates statistics just after sending responses: poll briefly for the last ones.
-    deadline = time.monotonic() + 10
-    while (after := _pipeline_stats(triton.http_url, key))[0] - before[0] < len(texts) and time.monotonic() < deadline:
-        time.sleep(0.05)
+    after = wait_for(
+        lambda: _pipeline_stats(triton.http_url, key),
+        10,
+        until=lambda after: after[0] - before[0] >= len(texts),
+        fail=False,
+    )
     position = dict.fromkeys(PROBES, 0)
-    # fp32 and int8-static answers do not depend on batch-mates; dynamic int8's scales do (README).
+    # fp32 and int8-static answers do not depend on batch-mates; dynamic int8's scales do (docs/benchmarks.md).
     tolerance = 1e-4 if _served_variant(triton.repository) in config.BATCH_INDEPENDENT_VARIANTS else 0.35
     for text, head, result in zip(texts, heads, results, strict=True):
         labels, probs = expected[head]

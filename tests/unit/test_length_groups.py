@@ -62,8 +62,8 @@ def test_a_long_text_does_not_join_short_ones_when_its_padding_costs_more_than_a
 
 def test_grouping_a_real_mix_pads_far_less_than_arrival_order(groups_module, built_repository):
     """On texts of real length, batches of 32 in arrival order compute several times the real
-    tokens; the served grouping stays within a few percent of them (the figures the README's
-    "Length-aware batching" section reports come from bench/real_traffic.py)."""
+    tokens; the served grouping stays within a few percent of them (the figures docs/benchmarks.md's
+    "Length-aware batching" section reports come from bench/end_to_end.py's mix)."""
     embedder = RepositoryEmbedder(built_repository)
     tokens, groups = embedder.plan(real_text_mix(size=1024))
     real = int(tokens.lengths.sum())
@@ -90,7 +90,7 @@ def test_grouped_embeddings_equal_each_text_alone_in_the_callers_order(built_rep
     assert grouped.shape == (len(texts), config.EMBEDDING_DIM)
     if _served_variant(built_repository) in config.BATCH_INDEPENDENT_VARIANTS:
         assert np.abs(grouped - alone).max() <= 1e-5
-    else:  # dynamic int8 scales activations per call (README "Choosing the encoder")
+    else:  # dynamic int8 scales activations per call (docs/benchmarks.md, "Choosing the encoder")
         assert (grouped * alone).sum(axis=1).min() >= 0.97
 
 

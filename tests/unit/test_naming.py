@@ -1,30 +1,18 @@
-"""Unit tests of the head naming rule (client side and the executor's copy)."""
+"""Unit tests of the head naming rule (client side, and the form the executor enforces)."""
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-
 import pytest
-from headroom import config
+from headroom import config, naming
+from headroom.executor import head_runner
 from headroom.naming import (
-    HEAD_NAME_PATTERN,
-    RESERVED_HEAD_NAMES,
     InvalidHeadName,
     head_model_name,
     head_models_in,
     head_name_of,
+    head_name_problem,
     validate_head_name,
 )
-
-
-def _head_files_module():
-    path = config.DEFAULT_MODEL_REPOSITORY / config.EXECUTOR_MODEL / "1" / "head_files.py"
-    spec = importlib.util.spec_from_file_location("head_files_under_test", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses resolve annotations through sys.modules
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.mark.parametrize("name", ["smart_home", "acme-2", "a", "0day", "x" * 48])
@@ -55,13 +43,32 @@ def test_non_head_models_have_no_head_name():
 
 
 def test_executor_enforces_the_same_rule():
-    dispatch = _head_files_module()
-    assert dispatch.HEAD_NAME_PATTERN == HEAD_NAME_PATTERN
-    assert dispatch.HEAD_MODEL_PREFIX == config.HEAD_MODEL_PREFIX
-    assert dispatch.RESERVED_HEAD_NAMES == RESERVED_HEAD_NAMES
-    assert dispatch.head_name_problem("smart_home") is None
-    assert "system model" in dispatch.head_name_problem("encoder")
-    assert "invalid head name" in dispatch.head_name_problem("../x")
+    """The executor checks each row's name with this very function: one rule, one copy."""
+    assert head_runner.head_name_problem is naming.head_name_problem
+    assert naming.RESERVED_HEAD_NAMES == {*config.SYSTEM_MODELS, "tokenizer"}
+    assert head_name_problem("smart_home") is None
+    assert "system model" in head_name_problem("encoder")
+    assert "invalid head name" in head_name_problem("../x")
+
+
+@pytest.mark.parametrize("name", ["", "Acme", "../x", "x" * 49, "caf\u00e9", "a\x00b"])
+def test_the_executor_form_refuses_what_validation_refuses(name):
+    with pytest.raises(InvalidHeadName):
+        validate_head_name(name)
+    assert head_name_problem(name) == (
+        f"invalid head name {name!r}: names are 1-48 characters of a-z, 0-9, '_' and '-' "
+        "starting with a letter or digit"
+    )
+
+
+def test_the_executor_form_shortens_a_long_name():
+    problem = head_name_problem("x" * 1000)
+    assert problem.startswith(f"invalid head name {'x' * 64!r}... (1000 characters): names are 1-48")
+
+
+@pytest.mark.parametrize("name", sorted(naming.RESERVED_HEAD_NAMES))
+def test_the_executor_form_refuses_system_models(name):
+    assert head_name_problem(name) == f"'{name}' is a system model, not a head"
 
 
 def test_head_models_in_lists_only_head_folders_with_a_config(tmp_path):

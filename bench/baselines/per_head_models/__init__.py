@@ -10,7 +10,7 @@ What is kept here, verbatim from commit c4971b3:
 
 - ``pipeline/``: that design's pipeline model (``1/model.py``, ``1/head_dispatch.py``,
   ``config.pbtxt``), which resolves each head's READY version and calls ``head_<name>`` itself;
-- ``HEAD_CONFIG_TEMPLATE``: that design's per-head ``config.pbtxt``.
+- ``head_model_config``: that design's per-head ``config.pbtxt``, as a ``ModelConfig`` message.
 
 ``lay_out_repository`` builds a complete model repository for it in a folder of your choice:
 the encoder and embed models copied from ``model_repository/`` (no executor), this
@@ -26,6 +26,7 @@ from pathlib import Path
 
 from headroom import config
 from headroom.head_format import HEAD_INPUT, HEAD_OUTPUT
+from headroom.model_config import format_model_config
 from headroom.naming import head_model_name
 
 from bench.common import system_repository
@@ -34,46 +35,30 @@ PIPELINE_SOURCE = Path(__file__).resolve().parent / "pipeline"
 #: The models this design needs besides the heads, in load order (no ``executor``).
 SYSTEM_MODELS = (config.ENCODER_MODEL, config.EMBED_MODEL, config.PIPELINE_MODEL)
 
-#: Issue 2's per-head model (``repository/head_store.py`` at commit c4971b3).
-HEAD_CONFIG_TEMPLATE = """\
+#: At the top of each per-head ``config.pbtxt`` (issue 2's header).
+HEAD_CONFIG_HEADER = """\
 # Head of tenant '{name}', written by headroom onboarding. Labels, encoder fingerprint and
 # metrics of each version live in <version>/head.json and <version>/labels.txt.
-name: "{model}"
-backend: "onnxruntime"
-max_batch_size: 256
-input [
-  {{
-    name: "{input}"
-    data_type: TYPE_FP32
-    dims: [ {dim} ]
-  }}
-]
-output [
-  {{
-    name: "{output}"
-    data_type: TYPE_FP32
-    dims: [ -1 ]
-  }}
-]
-instance_group [
-  {{
-    count: 1
-    kind: KIND_CPU
-  }}
-]
-version_policy: {{ latest: {{ num_versions: 1 }} }}
-parameters {{
-  key: "intra_op_thread_count"
-  value: {{ string_value: "1" }}
-}}
 """
+
+
+def head_model_config(name: str):
+    """Issue 2's per-head model (``repository/head_store.py`` at commit c4971b3) as Triton's
+    ``ModelConfig``: head ``name`` as its own ONNX Runtime model, one instance on the CPU."""
+    from tritonclient.grpc import model_config_pb2 as pb
+
+    model = pb.ModelConfig(name=head_model_name(name), backend="onnxruntime", max_batch_size=256)
+    model.input.add(name=HEAD_INPUT, data_type=pb.TYPE_FP32, dims=[config.EMBEDDING_DIM])
+    model.output.add(name=HEAD_OUTPUT, data_type=pb.TYPE_FP32, dims=[-1])
+    model.instance_group.add(count=1, kind=pb.ModelInstanceGroup.KIND_CPU)
+    model.version_policy.latest.num_versions = 1
+    model.parameters["intra_op_thread_count"].string_value = "1"
+    return model
 
 
 def head_config(name: str) -> str:
     """``config.pbtxt`` of head ``name`` as its own ONNX Runtime model (issue 2)."""
-    return HEAD_CONFIG_TEMPLATE.format(
-        name=name, model=head_model_name(name), input=HEAD_INPUT, output=HEAD_OUTPUT, dim=config.EMBEDDING_DIM
-    )
+    return HEAD_CONFIG_HEADER.format(name=name) + format_model_config(head_model_config(name))
 
 
 def lay_out_repository(destination: Path, variant: str = config.DEFAULT_ENCODER_VARIANT) -> Path:

@@ -24,17 +24,11 @@ import os
 import numpy as np
 import triton_python_backend_utils as pb_utils
 from headroom.length_groups import GroupingLimits, plan_groups
+from headroom.model_config import parameter
 from headroom.text_tokenizer import TextTokenizer, TokenizedTexts, find_tokenizer_file
 
 TEXT_INPUT = "TEXT"
 EMBEDDING_OUTPUT = "sentence_embedding"
-
-
-def _parameter(config: dict, key: str) -> str:
-    entry = config.get("parameters", {}).get(key)
-    if not entry or "string_value" not in entry:
-        raise pb_utils.TritonModelException(f"config.pbtxt of embed lacks parameter '{key}'")
-    return entry["string_value"]
 
 
 def _copy(error):
@@ -54,14 +48,14 @@ def _texts(request):
 class TritonPythonModel:
     def initialize(self, args: dict) -> None:
         config = json.loads(args["model_config"])
-        self.encoder_model = _parameter(config, "encoder_model")
+        self.encoder_model = parameter(config, "encoder_model")
         repository = os.path.dirname(os.path.normpath(args["model_repository"]))
         tokenizer_file = find_tokenizer_file(os.path.join(repository, self.encoder_model))
-        self.tokenizer = TextTokenizer(tokenizer_file, max_length=int(_parameter(config, "max_length")))
+        self.tokenizer = TextTokenizer(tokenizer_file, max_length=int(parameter(config, "max_length")))
         self.limits = GroupingLimits(
-            max_batch_tokens=int(_parameter(config, "max_batch_tokens")),
-            max_rows=int(_parameter(config, "max_rows")),
-            max_added_padding=int(_parameter(config, "max_added_padding")),
+            max_batch_tokens=int(parameter(config, "max_batch_tokens")),
+            max_rows=int(parameter(config, "max_rows")),
+            max_added_padding=int(parameter(config, "max_added_padding")),
         )
         output = pb_utils.get_output_config_by_name(config, EMBEDDING_OUTPUT)
         self.dim = int(output["dims"][-1])

@@ -10,9 +10,11 @@ fewer classes is padded with probability 0 and label "" (never a real label: onb
 blank labels), so a row's labels are the entries of ``LABELS`` before the first "".
 
 For one batch of requests it calls ``embed`` **once** with every valid text, whatever the
-heads (``embed`` groups texts of similar length for the encoder), then hands the embeddings and
-head names to ``HeadDispatcher``, which runs every row's head in **one** call to the shared
-``executor``.
+heads (``embed`` groups texts of similar length for the encoder), then runs every row's head
+with **one** call to the shared ``executor`` (``_run_heads``), whatever the heads: the executor
+resolves each name to the READY version of its registration model ``head_<name>``, checks the
+naming rule (so no row ever reaches a non-head model) and answers each row or says why not
+(``headroom.executor.tensors``, ``headroom.row_errors``).
 
 Per-request errors (the request fails alone, its batch-mates are answered). A request fails
 when one of its rows fails; with N > 1 the message names the row (``row 3: head 'x' is not
@@ -34,7 +36,9 @@ import os
 
 import numpy as np
 import triton_python_backend_utils as pb_utils
-from head_dispatch import HeadDispatcher
+from headroom.executor import tensors
+from headroom.model_config import parameter
+from headroom.row_errors import INVALID_ARG, RowError, triton_error
 from headroom.text_tokenizer import BlankCheck, find_tokenizer_file
 
 EMBEDDING_OUTPUT = "sentence_embedding"
@@ -50,7 +54,7 @@ def _error_response(error):
 
 
 def _invalid(message: str):
-    return pb_utils.TritonError(message, pb_utils.TritonError.INVALID_ARG)
+    return triton_error(RowError(INVALID_ARG, message), pb_utils)
 
 
 def _request_error(rows: list):
@@ -89,10 +93,10 @@ def _strings(request, name: str) -> list:
 class TritonPythonModel:
     def initialize(self, args: dict) -> None:
         config = json.loads(args["model_config"])
-        self.embed_model = config["parameters"]["embed_model"]["string_value"]
-        self.dispatcher = HeadDispatcher(config["parameters"]["executor_model"]["string_value"])
+        self.embed_model = parameter(config, "embed_model")
+        self.executor_model = parameter(config, "executor_model")
         repository = os.path.dirname(os.path.normpath(args["model_repository"]))
-        encoder_dir = os.path.join(repository, config["parameters"]["encoder_model"]["string_value"])
+        encoder_dir = os.path.join(repository, parameter(config, "encoder_model"))
         self.is_blank = BlankCheck(find_tokenizer_file(encoder_dir))
 
     async def execute(self, requests):
@@ -115,7 +119,7 @@ class TritonPythonModel:
                 for index, _, _ in spans:
                     responses[index] = _error_response(embeddings)
             else:
-                results = await self.dispatcher.run(embeddings, heads)  # errors per row, never raises
+                results = await self._run_heads(embeddings, heads)  # errors per row, never raises
                 for index, start, count in spans:
                     responses[index] = _response(results[start : start + count])
         return responses
@@ -149,9 +153,33 @@ class TritonPythonModel:
             return pb_utils.TritonError(f"embedding failed: {error.message()}", error.code())
         return pb_utils.get_output_tensor_by_name(response, EMBEDDING_OUTPUT).as_numpy()
 
+    async def _run_heads(self, embeddings: np.ndarray, heads: list[str]) -> list:
+        """Each row's ``tensors.HeadOutput`` or ``TritonError``, from one call to the executor with
+        every row; never raises (a broken call fails these rows, never the pipeline)."""
+        try:
+            request = pb_utils.InferenceRequest(
+                model_name=self.executor_model,
+                inputs=[
+                    pb_utils.Tensor(tensors.EMBEDDING_INPUT, np.ascontiguousarray(embeddings, dtype=np.float32)),
+                    pb_utils.Tensor(
+                        tensors.HEAD_INPUT, np.array([[head.encode("utf-8")] for head in heads], dtype=np.object_)
+                    ),
+                ],
+                requested_output_names=list(tensors.OUTPUTS),
+            )
+            response = await request.async_exec()
+            if response.has_error():
+                error = response.error()
+                return [pb_utils.TritonError(f"head execution failed: {error.message()}", error.code())] * len(heads)
+            outputs = {name: pb_utils.get_output_tensor_by_name(response, name).as_numpy() for name in tensors.OUTPUTS}
+            rows = tensors.decode_outputs(outputs, len(heads))
+        except Exception as exc:
+            return [pb_utils.TritonError(f"head execution failed: {exc}", pb_utils.TritonError.INTERNAL)] * len(heads)
+        return [triton_error(row, pb_utils) if isinstance(row, RowError) else row for row in rows]
+
 
 def _response(rows: list):
-    """The response of one request from its rows (each a ``HeadOutput`` or a ``TritonError``)."""
+    """The response of one request from its rows (each a ``tensors.HeadOutput`` or a ``TritonError``)."""
     error = _request_error(rows)
     if error is not None:
         return _error_response(error)

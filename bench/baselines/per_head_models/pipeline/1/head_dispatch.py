@@ -1,5 +1,6 @@
-# Benchmark baseline, not a serving mode: issue 2's per-head-model pipeline, kept verbatim from
-# commit c4971b3 (model_repository/pipeline/1/head_dispatch.py) for bench/ to measure;
+# Benchmark baseline, not a serving mode: issue 2's per-head-model pipeline, kept from commit
+# c4971b3 (model_repository/pipeline/1/head_dispatch.py) for bench/ to measure, except that the
+# naming rule, file names and repository reads are imported from headroom (one copy of each);
 # see bench/baselines/per_head_models/__init__.py.
 """How the pipeline reaches heads: the one place that knows heads are Triton models.
 
@@ -8,7 +9,7 @@ every distinct head **once** with all of its rows (concurrently, through BLS ``a
 returns, per head, its probabilities and label names or a ``TritonError`` for those rows alone.
 A later design may execute heads differently; the pipeline only relies on this contract.
 
-Naming rule (kept identical to ``headroom/naming.py``): a head name is 1-48 characters of
+Naming rule (``headroom.naming``, imported): a head name is 1-48 characters of
 ``a-z 0-9 _ -`` starting with a letter or digit, is not a system model's name, and is served by
 the model ``head_<name>``. Only names that pass the rule are ever turned into model names, so no
 request reaches a non-head model.
@@ -19,34 +20,15 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import re
 from dataclasses import dataclass
 
 import numpy as np
 import triton_python_backend_utils as pb_utils
-
-HEAD_NAME_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,47}$"
-HEAD_MODEL_PREFIX = "head_"
-HEAD_INPUT = "sentence_embedding"
-HEAD_OUTPUT = "probabilities"
-LABELS_FILE = "labels.txt"
-HEAD_INFO_FILE = "head.json"
-ENCODER_INFO_FILE = "encoder.json"
-RESERVED_HEAD_NAMES = frozenset({"encoder", "tokenizer", "embed", "pipeline"})
-
-_HEAD_NAME = re.compile(HEAD_NAME_PATTERN)
-
-
-def head_name_problem(name: str) -> str | None:
-    """Why ``name`` cannot name a head, or None when it can."""
-    if not _HEAD_NAME.fullmatch(name):
-        return (
-            f"invalid head name {name!r}: names are 1-48 characters of a-z, 0-9, '_' and '-' "
-            "starting with a letter or digit"
-        )
-    if name in RESERVED_HEAD_NAMES:
-        return f"'{name}' is a system model, not a head"
-    return None
+from headroom.config import HEAD_MODEL_PREFIX
+from headroom.executor.head_files import HeadFiles
+from headroom.executor.head_files import version_numbers as _version_numbers
+from headroom.head_format import HEAD_INFO_FILE, HEAD_INPUT, HEAD_OUTPUT, LABELS_FILE
+from headroom.naming import head_name_problem  # noqa: F401  (the pipeline model imports it from here)
 
 
 def group_rows_by_head(heads: list[str]) -> dict[str, list[int]]:
@@ -179,22 +161,9 @@ class HeadDispatcher:
         return None
 
 
-def _version_numbers(model_dir: str) -> list[int]:
-    """Numeric version folders of a model, newest first."""
-    return sorted((int(n) for n in os.listdir(model_dir) if n.isascii() and n.isdigit()), reverse=True)
-
-
 def read_encoder_fingerprint(encoder_dir: str) -> str | None:
     """Fingerprint in the newest ``<encoder>/<version>/encoder.json``, or None without one."""
-    try:
-        versions = _version_numbers(encoder_dir)
-    except FileNotFoundError:
-        return None
-    for version in versions:
-        info = _read_json(os.path.join(encoder_dir, str(version), ENCODER_INFO_FILE))
-        if info:
-            return info.get("fingerprint")
-    return None
+    return HeadFiles(os.path.dirname(encoder_dir)).encoder_fingerprint(os.path.basename(encoder_dir))
 
 
 def _read_json(path: str) -> dict:

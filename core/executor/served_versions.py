@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from head_files import HeadFiles
+from headroom.executor.head_files import HeadFiles
 
 
 @dataclass(frozen=True)

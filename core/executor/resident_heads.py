@@ -11,7 +11,9 @@ Pure numpy / onnx / onnxruntime (no Triton import), so unit tests exercise it di
 - Any other ONNX head runs as its own ``SessionHead`` (1 intra-op thread, no memory arena), its
   rows grouped into one session call.
 - ``HeadResidency`` keeps what is resident under a byte budget, evicting the least recently used
-  head first; the heads a batch is using are never evicted by that batch.
+  head first; the heads a batch is using are never evicted by that batch. Its lock is its own:
+  ``HeadResidency.run`` makes a batch's heads resident and runs its rows under it, so a release
+  from another thread (the executor's sweeper) never moves a slot while a batch runs.
 """
 
 from __future__ import annotations
@@ -44,7 +46,7 @@ class LinearBank:
     head into the freed slot (and returns the owner it moved, whose slot is now the freed one)
     and shrinks the arrays once they hold more than ``BANK_GROWTH`` times the heads in them.
     Slots change when heads leave, so callers hold one lock across ``add``, ``release`` and
-    ``run`` (the executor holds ``HeadResidency.lock`` across a whole batch).
+    ``run`` (``HeadResidency`` holds its own lock across a whole batch, ``HeadResidency.run``).
     """
 
     def __init__(self, classes: int, dim: int, slots: int = 0) -> None:
@@ -184,7 +186,9 @@ class HeadResidency:
     ``acquire(keys, load)`` makes every key resident (calling ``load(key)`` for the missing ones)
     and returns them in order; keys used by that call are protected from eviction while it runs,
     so a batch with more heads than the budget holds still completes (over budget until the next
-    call). ``release(key)`` drops a head at once (offboarded or replaced). Thread-safe.
+    call). ``run(embeddings, row_keys, load)`` does the same for a batch's rows and runs them,
+    under the same lock. ``release(key)`` drops a head at once (offboarded or replaced).
+    Thread-safe: every method takes the residency's private lock.
     """
 
     def __init__(self, budget_bytes: int, dim: int, log: Callable[[str], None] | None = None) -> None:
@@ -196,15 +200,15 @@ class HeadResidency:
         self._loads = 0
         self._evictions = 0
         self._log = log or (lambda _message: None)
-        self.lock = threading.RLock()
+        self._lock = threading.RLock()
 
     def keys(self) -> list[Hashable]:
         """Resident keys, least recently used first."""
-        with self.lock:
+        with self._lock:
             return list(self._entries)
 
     def stats(self) -> ResidencyStats:
-        with self.lock:
+        with self._lock:
             return ResidencyStats(
                 len(self._entries),
                 self._bytes,
@@ -219,7 +223,7 @@ class HeadResidency:
         self, keys: Sequence[Hashable], load: Callable[[Hashable], tuple[bytes, Sequence[str]]]
     ) -> dict[Hashable, ResidentHead | Exception]:
         """Each distinct key's resident head, or the exception loading it raised (per key)."""
-        with self.lock:
+        with self._lock:
             wanted = list(dict.fromkeys(keys))
             result: dict[Hashable, ResidentHead | Exception] = {}
             for key in wanted:
@@ -238,6 +242,23 @@ class HeadResidency:
                 result[key] = entry
             self._evict(protected=set(wanted))
             return result
+
+    def run(
+        self,
+        embeddings: np.ndarray,
+        row_keys: Sequence[Hashable | None],
+        load: Callable[[Hashable], tuple[bytes, Sequence[str]]],
+    ) -> tuple[dict[Hashable, ResidentHead | Exception], list[np.ndarray | Exception | None]]:
+        """Run row i of ``embeddings`` through the head of ``row_keys[i]`` (None: skip the row).
+
+        Returns what ``acquire`` returns for the distinct keys, and ``run_rows``' result per row
+        (None for a skipped row and for a row whose head failed to load). The heads are made
+        resident and run under one hold of the lock: no slot moves in between.
+        """
+        with self._lock:
+            resident = self.acquire([key for key in row_keys if key is not None], load)
+            heads = [None if key is None else resident[key] for key in row_keys]
+            return resident, run_rows(embeddings, [head if isinstance(head, ResidentHead) else None for head in heads])
 
     def _load(self, key: Hashable, load: Callable[[Hashable], tuple[bytes, Sequence[str]]]) -> ResidentHead:
         started = time.perf_counter()
@@ -260,7 +281,7 @@ class HeadResidency:
 
     def release(self, key: Hashable) -> bool:
         """Drop ``key`` from memory now; False when it was not resident."""
-        with self.lock:
+        with self._lock:
             entry = self._entries.pop(key, None)
             if entry is None:
                 return False

@@ -8,44 +8,18 @@ folders holds what the executor serves::
     <repository>/head_<name>/<version>/head.json     encoder fingerprint, training metrics
 
 Reading goes through ``HeadFiles`` only, so serving the repository from elsewhere (object
-storage) changes this module and nothing else. Pure Python, no Triton import.
+storage) changes this module and nothing else. Which names are heads is not decided here: the
+executor checks each name with ``headroom.naming.head_name_problem`` before it asks for its files.
+Pure Python, no Triton import.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import re
 
-HEAD_MODEL_PREFIX = "head_"
-MODEL_FILE = "model.onnx"
-LABELS_FILE = "labels.txt"
-HEAD_INFO_FILE = "head.json"
-ENCODER_INFO_FILE = "encoder.json"
-#: Kept identical to headroom/naming.py (a test checks): the only names turned into model names.
-HEAD_NAME_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,47}$"
-RESERVED_HEAD_NAMES = frozenset({"encoder", "tokenizer", "embed", "pipeline", "executor"})
-
-_HEAD_NAME = re.compile(HEAD_NAME_PATTERN)
-
-
-#: Longest piece of a refused name echoed in an error (gRPC carries messages in 8 KiB metadata).
-SHOWN_NAME_CHARS = 64
-
-
-def head_name_problem(name: str) -> str | None:
-    """Why ``name`` cannot name a head, or None when it can."""
-    if not _HEAD_NAME.fullmatch(name):
-        shown = repr(name)
-        if len(name) > SHOWN_NAME_CHARS:
-            shown = f"{name[:SHOWN_NAME_CHARS]!r}... ({len(name)} characters)"
-        return (
-            f"invalid head name {shown}: names are 1-48 characters of a-z, 0-9, '_' and '-' "
-            "starting with a letter or digit"
-        )
-    if name in RESERVED_HEAD_NAMES:
-        return f"'{name}' is a system model, not a head"
-    return None
+from headroom.config import ENCODER_INFO_FILE, HEAD_MODEL_PREFIX
+from headroom.head_format import HEAD_INFO_FILE, LABELS_FILE, MODEL_FILE
 
 
 def version_numbers(model_dir: str) -> list[int]:
