@@ -29,16 +29,20 @@ def metrics_url(host: str, port: int) -> str:
     return f"http://{host}:{port}/metrics"
 
 
+def _fetch(host: str, port: int, timeout_s: float) -> bytes:
+    """The page as sent; ``OSError`` (``urllib.error.URLError`` included) when nothing answers."""
+    with urllib.request.urlopen(metrics_url(host, port), timeout=timeout_s) as response:
+        return response.read()
+
+
 def fetch_metrics_text(host: str, port: int, timeout_s: float = 30.0) -> str:
     """The page's text; ``OSError`` (``urllib.error.URLError`` included) when nothing answers."""
-    with urllib.request.urlopen(metrics_url(host, port), timeout=timeout_s) as response:
-        return response.read().decode("utf-8")
+    return _fetch(host, port, timeout_s).decode("utf-8")
 
 
 def metrics_page_bytes(host: str, port: int, timeout_s: float = 60.0) -> int:
     """Size of the page in bytes (it grows with every model loaded)."""
-    with urllib.request.urlopen(metrics_url(host, port), timeout=timeout_s) as response:
-        return len(response.read())
+    return len(_fetch(host, port, timeout_s))
 
 
 def metrics_up(host: str, port: int, timeout_s: float = 2.0) -> bool:
