@@ -21,7 +21,7 @@ export LOADTEST_DURATION LOADTEST_USERS LOADTEST_SPAWN_RATE
 INFINITY_VENV ?= $(CURDIR)/.venv-infinity
 export INFINITY_VENV
 
-.PHONY: install export heads serve test lint loadtest bench bench-env clean
+.PHONY: install export heads serve test lint loadtest bench bench-env haproxy clean
 
 install: $(STAMP)
 
@@ -54,7 +54,17 @@ bench: heads bench-env
 	@echo "==> all benchmarks (about an hour on 2 cores); reports in bench/results/, summary table into docs/benchmarks.md"
 	$(BIN)/python -m bench.run_all
 
-test: heads bench-env
+# HAProxy, the router of the cluster tests (Debian package; docs/cluster.md). Installed when
+# missing and this is a root shell with apt-get; otherwise say how.
+haproxy:
+	@command -v haproxy >/dev/null 2>&1 || [ -x /usr/sbin/haproxy ] || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "==> installing haproxy (the cluster tests' router)"; \
+	    apt-get install -y --no-install-recommends haproxy >/dev/null 2>&1 \
+	      || { apt-get update >/dev/null && apt-get install -y --no-install-recommends haproxy >/dev/null; }; \
+	  else echo "error: the cluster tests need haproxy: sudo apt-get install haproxy" >&2; exit 1; fi; }
+
+test: heads bench-env haproxy
 	@echo "==> lint"
 	$(BIN)/ruff check .
 	@echo "==> tests (unit, then integration against a real tritonserver)"
@@ -65,4 +75,5 @@ lint: $(STAMP)
 
 # Removes build outputs only: onboarded heads in model_repository/ are tenants' data and stay.
 clean:
-	rm -rf build .headroom/backends model_repository/encoder/1
+	rm -rf build .headroom/backends model_repository/encoder/1 model_repository/embed/1/tokenizer.json \
+		model_repository/pipeline/1/tokenizer.json model_repository/executor/1/encoder.json

@@ -3,9 +3,10 @@
 Order: encoder ceiling at fixed lengths (1); end-to-end throughput against the ceiling on texts of
 real length and on short texts, with latency under load (2, 5); the infinity-emb peer on the same
 texts; onboarding files of 1,000 and 10,000 examples; the encoder variants side by side; one model
-per tenant (3); density (4); dense heads (10,000 heads); tuning. Ratios are taken between figures
-of this same run. The summary, real-text figures first, is also written into docs/benchmarks.md
-between the ``bench:summary`` markers, so the benchmarks page always shows the latest run.
+per tenant (3); density (4); dense heads (10,000 heads); replicas behind the router; tuning.
+Ratios are taken between figures of this same run. The summary, real-text figures first, is also
+written into docs/benchmarks.md between the ``bench:summary`` markers, so the benchmarks page
+always shows the latest run.
 
     python -m bench.run_all [--quick]
 """
@@ -22,6 +23,7 @@ from headroom import config
 from headroom.client.traffic import MIX_SIZE
 
 from bench import (
+    cluster,
     common,
     dense_heads,
     density,
@@ -56,6 +58,7 @@ FULL = {
     "density_heads": 100,
     "density_examples": 120,
     "dense": dense_heads.Settings(),
+    "cluster": cluster.FULL,
     "tuning_s": 10.0,
     "tuning_candidates": tuning.CANDIDATES,
 }
@@ -76,6 +79,8 @@ QUICK = {
     "density_heads": 3,
     "density_examples": 80,
     "dense": dense_heads.QUICK,
+    # Seconds-long points: three replicas still start (about a minute on 2 cores).
+    "cluster": cluster.Plan(overhead_requests=50, load_s=1.0, warmup_s=0.5, rounds=1, mix_size=300),
     "tuning_s": 2.0,
     "tuning_candidates": tuning.QUICK_CANDIDATES,
 }
@@ -244,6 +249,18 @@ def summary_markdown(reports: dict, elapsed_s: float) -> str:
                     f"| {variant} | {name} | {row['load_fraction']:.0%} | {row['target_per_s']:.0f} | "
                     f"{_fmt(row['p50_ms'], 1)} | {_fmt(row['p95_ms'], 1)} | {_fmt(row['p99_ms'], 1)} |"
                 )
+    if reports.get("cluster"):
+        lines += [
+            "",
+            f"**Replicas behind the router** (`bench/cluster.py`; {reports['cluster']['note']}):",
+            "",
+            "| figure | measured | target |",
+            "|---|---|---|",
+            *(
+                f"| {figure} | {measured} | {target} |"
+                for figure, measured, target in cluster.summary_rows(reports["cluster"])
+            ),
+        ]
     if reports.get("encoder_variants"):
         lines += ["", "Encoder variants (`bench/encoder_variants.py`):", ""]
         lines += [f"- {line}" for line in encoder_variants.summary_rows(reports["encoder_variants"])]
@@ -313,7 +330,7 @@ def run(quick: bool = False, with_tuning: bool = True, readme: Path | None = REA
     variant = common.settings().encoder_variant  # the one `make serve` installs
     started = time.perf_counter()
     reports: dict = {}
-    steps = 9 if with_tuning else 8
+    steps = 10 if with_tuning else 9
 
     def step(number: int, what: str) -> None:
         log.info("%d/%d %s (%.1f min so far)", number, steps, what, (time.perf_counter() - started) / 60)
@@ -357,8 +374,12 @@ def run(quick: bool = False, with_tuning: bool = True, readme: Path | None = REA
     reports["dense_heads"] = dense_heads.run(dataclasses.replace(settings["dense"], variant=variant))
     write_report("dense_heads", reports["dense_heads"])
     dense_heads.plot(reports["dense_heads"])
+    step(9, "replicas behind the router: overhead, throughput, convergence")
+    reports["cluster"] = {"machine": machine_info(), **cluster.run(settings["cluster"])}
+    write_report("cluster", reports["cluster"])
+    cluster.plot(reports["cluster"])
     if with_tuning:
-        step(9, "tuning")
+        step(10, "tuning")
         reports["tuning"] = tuning.run(settings["tuning_s"], variant, candidates=settings["tuning_candidates"])
         write_report("tuning", reports["tuning"])
     summary = summary_markdown(reports, time.perf_counter() - started)

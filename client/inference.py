@@ -148,6 +148,7 @@ class HeadroomClient:
         """``admin_key``: sent with load, unload and the repository index (docs/security.md);
         None (default) reads ``HEADROOM_ADMIN_KEY``, else ``admin_key_file`` when given; ``""``
         sends none."""
+        self.url = url
         self.protocol, self.address = parse_url(url)
         self.concurrency = max(1, concurrency)
         self.timeout_s = timeout_s
@@ -167,6 +168,7 @@ class HeadroomClient:
         kwargs = {"network_timeout": timeout_s, "connection_timeout": timeout_s} if self.protocol == "http" else {}
         self._client = triton.InferenceServerClient(self.address, **kwargs)
         self._local = threading.local()
+        self._creator = threading.current_thread()
         self._thread_clients: list = []
         self._thread_clients_lock = threading.Lock()
         self._pool = ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="headroom-http")
@@ -190,8 +192,11 @@ class HeadroomClient:
     def _string_input(self, name: str, values: Sequence[str | bytes]):
         return bytes_input(self._triton, name, values)
 
-    def _submit(self, model: str, inputs: list, outputs: list[str]) -> Future:
-        """Start one inference; the future holds the result or a ``HeadroomError``."""
+    def _submit(self, model: str, inputs: list, outputs: list[str], headers: dict[str, str] | None = None) -> Future:
+        """Start one inference; the future holds the result or a ``HeadroomError``.
+
+        ``headers`` travel as HTTP headers (gRPC metadata): ``x-tenant`` lets a router keep a
+        tenant's requests on one replica (``headroom.cluster.router``)."""
         future: Future = Future()
         requested = [self._triton.InferRequestedOutput(name) for name in outputs]
         if self.protocol == "grpc":
@@ -203,27 +208,39 @@ class HeadroomClient:
                     future.set_result(result)
 
             try:
-                self._client.async_infer(model, inputs, callback=done, outputs=requested, client_timeout=self.timeout_s)
+                self._client.async_infer(
+                    model, inputs, callback=done, outputs=requested, client_timeout=self.timeout_s, headers=headers
+                )
             except Exception as exc:  # refused before sending (bad input, closed channel)
                 future.set_exception(HeadroomError(message_of(exc), status_of(exc)))
             return future
 
         def call() -> None:
-            # tritonclient.http is gevent-based and not thread-safe: one client per worker thread.
-            client = getattr(self._local, "client", None)
-            if client is None:
-                client = self._local.client = self._triton.InferenceServerClient(
-                    self.address, network_timeout=self.timeout_s, connection_timeout=self.timeout_s
-                )
-                with self._thread_clients_lock:
-                    self._thread_clients.append(client)
             try:
-                future.set_result(client.infer(model, inputs, outputs=requested))
+                future.set_result(self._thread_client().infer(model, inputs, outputs=requested, headers=headers))
             except Exception as exc:  # tritonclient raises InferenceServerException
                 future.set_exception(HeadroomError(message_of(exc), status_of(exc)))
 
         self._pool.submit(call)
         return future
+
+    def _thread_client(self):
+        """This thread's tritonclient: gRPC's is thread-safe and shared; ``tritonclient.http`` is
+        gevent-based and must stay on the thread that made it, so each thread gets its own."""
+        if self.protocol == "grpc":
+            return self._client
+        client = getattr(self._local, "client", None)
+        if client is None:
+            if threading.current_thread() is self._creator:
+                client = self._client
+            else:
+                client = self._triton.InferenceServerClient(
+                    self.address, network_timeout=self.timeout_s, connection_timeout=self.timeout_s
+                )
+                with self._thread_clients_lock:
+                    self._thread_clients.append(client)
+            self._local.client = client
+        return client
 
     def classify(
         self,
@@ -248,12 +265,14 @@ class HeadroomClient:
             raise ValueError(f"{len(texts)} texts but {len(heads)} head names")
         results: list = [None] * len(texts)
 
-        def call(rows: list[int]) -> tuple[str, list, list[str]]:
+        def call(rows: list[int]) -> tuple[str, list, list[str], dict[str, str] | None]:
             inputs = [
                 self._string_input("TEXT", [texts[row] for row in rows]),
                 self._string_input("HEAD", [heads[row] for row in rows]),
             ]
-            return config.PIPELINE_MODEL, inputs, CLASSIFY_OUTPUTS
+            tenants = {heads[row] for row in rows}
+            headers = {config.TENANT_HEADER: heads[rows[0]]} if len(tenants) == 1 else None
+            return config.PIPELINE_MODEL, inputs, CLASSIFY_OUTPUTS, headers
 
         chunks = length_sorted_chunks(texts, batch_size)
         again: list[int] = []
@@ -278,12 +297,12 @@ class HeadroomClient:
 
     def _run_all(
         self,
-        calls: list[tuple[str, list, list[str]]],
+        calls: list[tuple],
         progress: bool = False,
         weights: list[int] | None = None,
         description: str = "requests",
     ) -> list:
-        """Run every (model, inputs, outputs) call, ``concurrency`` at a time; results in order.
+        """Run every (model, inputs, outputs[, headers]) call, ``concurrency`` at a time; results in order.
 
         Each item is tritonclient's result or a ``HeadroomError`` (timeouts included).
         ``progress`` shows a bar on a terminal, advanced by each call's ``weights`` (texts).
@@ -294,9 +313,9 @@ class HeadroomClient:
         gate = threading.BoundedSemaphore(self.concurrency)
         bar = tqdm(total=sum(weights), desc=description, unit="text", leave=False, disable=None if progress else True)
         futures = []
-        for (model, inputs, outputs), weight in zip(calls, weights, strict=True):
+        for (model, inputs, outputs, *headers), weight in zip(calls, weights, strict=True):
             gate.acquire()
-            future = self._submit(model, inputs, outputs)
+            future = self._submit(model, inputs, outputs, *headers)
 
             def done(_future: Future, weight: int = weight) -> None:
                 gate.release()
@@ -358,7 +377,7 @@ class HeadroomClient:
     def list_heads(self) -> list[HeadStatus]:
         """Every head in the server's repository index, with its state (READY, UNAVAILABLE...)."""
         try:
-            index = self._client.get_model_repository_index(headers=self._control_headers)
+            index = self._thread_client().get_model_repository_index(headers=self._control_headers)
         except Exception as exc:  # tritonclient raises InferenceServerException
             raise self._control_error("the repository index", exc) from exc
         if self.protocol == "grpc":
@@ -382,11 +401,14 @@ class HeadroomClient:
                 )
         return sorted(heads, key=lambda h: h.name)
 
-    def load_model(self, model_name: str) -> None:
-        """Load (or reload) a Triton model through the model-control API, with the admin key."""
+    def load_model(self, model_name: str, config: str | None = None) -> None:
+        """Load (or reload) a Triton model through the model-control API, with the admin key.
+
+        ``config``: the model's configuration as JSON, used instead of its ``config.pbtxt``
+        (how a load names the versions to serve, ``registration_load_config``)."""
         with self._control_lock:
             try:
-                self._client.load_model(model_name, headers=self._control_headers)
+                self._thread_client().load_model(model_name, headers=self._control_headers, config=config)
             except Exception as exc:  # tritonclient raises InferenceServerException
                 raise self._control_error(f"load of {model_name}", exc) from exc
 
@@ -394,9 +416,9 @@ class HeadroomClient:
         """Unload a Triton model through the model-control API, with the admin key."""
         with self._control_lock:
             try:
-                self._client.unload_model(model_name, headers=self._control_headers)
+                self._thread_client().unload_model(model_name, headers=self._control_headers)
             except Exception as exc:
                 raise self._control_error(f"unload of {model_name}", exc) from exc
 
     def is_model_ready(self, model_name: str) -> bool:
-        return bool(self._client.is_model_ready(model_name))
+        return bool(self._thread_client().is_model_ready(model_name))

@@ -52,6 +52,7 @@ from headroom.client.inference import (
     status_of,
 )
 from headroom.client.traffic import EXPECTED_FAILURE_SHARE, TrafficMix, real_text_mix
+from headroom.naming import head_name_problem
 from locust import FastHttpUser, User, constant, events, task
 from locust.runners import MasterRunner, WorkerRunner
 from locust.stats import PERCENTILES_TO_REPORT, StatsCSV
@@ -302,6 +303,8 @@ class HttpPipelineUser(_PipelineUserMixin, FastHttpUser):
         with self.client.post(
             INFER_PATH,
             json=infer_body(request.text, request.head),
+            # the router's tenant affinity (headroom.cluster.router), as HeadroomClient sends it
+            headers=tenant_headers(request.head),
             name=request_name(request.expect_failure),
             catch_response=True,
         ) as response:
@@ -313,6 +316,14 @@ class HttpPipelineUser(_PipelineUserMixin, FastHttpUser):
                 response.success()
             else:
                 response.failure(failure)
+
+
+def tenant_headers(head: object) -> dict[str, str]:
+    """``x-tenant`` for the router's tenant affinity; none for the bad-request mix's malformed
+    names (a header cannot carry them, and the server must see them as sent)."""
+    if isinstance(head, str) and head_name_problem(head) is None:
+        return {config.TENANT_HEADER: head}
+    return {}
 
 
 # --- gRPC: tritonclient.grpc, timed here and reported to locust -----------------------------------
@@ -352,7 +363,11 @@ class GrpcPipelineUser(_PipelineUserMixin, User):
         started = time.perf_counter()
         try:
             result = self.client.infer(
-                PIPELINE_NAME, inputs, outputs=self._outputs, client_timeout=config.DEFAULT_CLIENT_TIMEOUT_S
+                PIPELINE_NAME,
+                inputs,
+                outputs=self._outputs,
+                client_timeout=config.DEFAULT_CLIENT_TIMEOUT_S,
+                headers=tenant_headers(request.head),
             )
         except Exception as exc:  # InferenceServerException, or a client-side error
             elapsed_ms = (time.perf_counter() - started) * 1000

@@ -6,8 +6,13 @@
     onboarding.onboard_model("acme", "head.onnx", "labels.txt")  # a ready-made ONNX head: check, write, load, verify
     onboarding.offboard("acme")                               # unload, archive its files
 
-It writes into the model repository, so it runs on the server's host (or wherever the
-repository is mounted). The data flows one way: the training file is read and embedded through
+It writes into the model repository's head store: the folder on the server's host (or wherever
+it is mounted), or the S3 repository a cluster's replicas share (``headroom.repository.s3_store``).
+With ``replicas``, each load and unload goes to every replica at once and the first answer is
+verified through ``client`` (the router); a replica that missed the call converges by
+reconciling (``headroom.cluster.reconciler``), and the result says which replicas answered.
+
+The data flows one way: the training file is read and embedded through
 the server (``HeadroomClient.embed``), the head is trained and exported (``headroom.export``),
 checked as the executor will read it (``headroom.repository.validation``), written atomically
 (``headroom.repository.head_store``), loaded (``HeadroomClient.load_model``), verified with one
@@ -22,7 +27,8 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import partial
@@ -31,12 +37,11 @@ from pathlib import Path
 from headroom import config
 from headroom.client.inference import HeadroomClient, HeadroomError
 from headroom.export.datasets import load_labelled_file
-from headroom.export.encoder import read_encoder_info
 from headroom.export.heads import exported_head
 from headroom.export.tenants import train_from_file
 from headroom.naming import head_model_name
-from headroom.repository import head_store, validation
-from headroom.repository.head_store import head_info
+from headroom.repository import validation
+from headroom.repository.head_store import head_info, open_head_store, registration_load_config
 from headroom.repository.locks import HeadBusy, head_lock
 from headroom.repository.validation import HeadValidationError, read_labels_file
 
@@ -64,6 +69,10 @@ class OnboardResult:
     #: ``fitting`` (hold-out fit and final fit), ``checking`` (the head's checks), ``writing``
     #: (atomic write), ``loading`` (``load_model``), ``first_answer`` (the verifying request).
     timings: dict[str, float] = field(default_factory=dict)
+    #: Replica URL -> seconds its load took, for every replica that loaded the new version.
+    replicas: dict[str, float] = field(default_factory=dict)
+    #: Replica URL -> why its load failed (it converges by reconciling).
+    missed: dict[str, str] = field(default_factory=dict)
 
 
 def _report(enabled: bool, step: str, seconds: float) -> None:
@@ -72,7 +81,8 @@ def _report(enabled: bool, step: str, seconds: float) -> None:
 
 
 class Onboarding:
-    """Onboards and offboards heads of one model repository, served by ``client``'s server."""
+    """Onboards and offboards heads of one model repository, served by ``client``'s server
+    (or by ``replicas``, with ``client`` the router in front of them)."""
 
     def __init__(
         self,
@@ -82,10 +92,19 @@ class Onboarding:
         lock_timeout_s: float = config.DEFAULT_HEAD_LOCK_TIMEOUT_S,
         load_timeout_s: float = config.DEFAULT_LOAD_TIMEOUT_S,
         regularisation_c: float = config.DEFAULT_HEAD_REGULARISATION_C,
+        replicas: Sequence[HeadroomClient] | None = None,
+        store=None,
     ) -> None:
+        """``repository``: a folder, or an ``s3://host:port/bucket/path`` string; ``state_dir``:
+        staging, archive (local repositories) and the per-head locks; ``store``: the repository's
+        head store when already open (e.g. an ``S3HeadStore`` with credentials of its own)."""
         self.client = client
-        self.repository = Path(repository)
+        self.store = store or open_head_store(repository, Path(state_dir))
+        self.repository = repository if isinstance(repository, str) and "://" in repository else Path(repository)
         self.state_dir = Path(state_dir)
+        self.replicas = list(replicas) if replicas else [client]
+        self._last_loads: tuple[dict[str, float], dict[str, str]] = ({}, {})
+        self._pool: ThreadPoolExecutor | None = None
         self.lock_timeout_s = lock_timeout_s
         self.load_timeout_s = load_timeout_s
         self.regularisation_c = regularisation_c
@@ -104,7 +123,7 @@ class Onboarding:
         started = time.perf_counter()
         head_model_name(name)  # InvalidHeadName before anything else
         data = load_labelled_file(data_file)  # DatasetError before any embedding
-        fingerprint = read_encoder_info(self.repository)["fingerprint"]
+        fingerprint = self.store.read_encoder_info()["fingerprint"]
         timings = {"reading": time.perf_counter() - started}
         _report(progress, f"{name}: read {len(data.texts)} examples of {len(data.classes)} classes", timings["reading"])
         # Embedding (through the server) and fitting happen outside every lock.
@@ -133,6 +152,7 @@ class Onboarding:
             timings["embedding"] + timings["fitting"],
             timings["loading"] + timings["first_answer"],
             timings,
+            *self._last_loads,
         )
 
     def onboard_model(
@@ -165,14 +185,16 @@ class Onboarding:
                 labels = read_labels_file(labels)
             except HeadValidationError as exc:
                 raise HeadRefused(f"head {name!r} refused: {exc}") from exc
-        served = read_encoder_info(self.repository)["fingerprint"]
+        served = self.store.read_encoder_info()["fingerprint"]
         timings = {"reading": time.perf_counter() - started}
         checked = self._check(name, model_bytes, labels, served, encoder_fingerprint)
         timings["checking"] = time.perf_counter() - started - timings["reading"]
         info = head_info(checked.encoder_fingerprint, checked.metrics, source)
         version = self._install(name, checked, info, probe_text=config.ONBOARD_PROBE_TEXT, timings=timings)
         first_answer = timings["loading"] + timings["first_answer"]
-        return OnboardResult(name, version, checked.metrics, time.perf_counter() - started, 0.0, first_answer, timings)
+        return OnboardResult(
+            name, version, checked.metrics, time.perf_counter() - started, 0.0, first_answer, timings, *self._last_loads
+        )
 
     def _check(self, name: str, model_bytes: bytes, labels, served: str, encoder_fingerprint: str | None):
         """``headroom.repository.validation.check_head``; ``HeadRefused`` if it fails."""
@@ -204,13 +226,11 @@ class Onboarding:
         model_name = head_model_name(name)
         with self._head_lock(name):
             writing = time.perf_counter()
-            stored = head_store.write_head_model(
-                name, checked.model_bytes, checked.labels, info, self.repository, self.state_dir
-            )
+            stored = self.store.write_head_model(name, checked.model_bytes, checked.labels, info)
             loading = time.perf_counter()
             timings["writing"] = loading - writing
             try:
-                self.client.load_model(model_name)
+                self._last_loads = self._load_everywhere(stored.name, stored.version)
                 answering = time.perf_counter()
                 timings["loading"] = answering - loading
                 self._verify(stored, checked.labels, probe_text)
@@ -220,10 +240,45 @@ class Onboarding:
             _report(progress, f"{name}: wrote version {stored.version}", timings["writing"])
             _report(progress, f"{name}: loaded {model_name}", timings["loading"])
             _report(progress, f"{name}: first answer verified through {config.PIPELINE_MODEL}", timings["first_answer"])
-            head_store.archive_old_versions(
-                name, keep=stored.version, repository=self.repository, state_dir=self.state_dir
-            )
+            self.store.archive_old_versions(name, keep=stored.version)
         return stored.version
+
+    def _on_every_replica(self, call: Callable[[HeadroomClient], None]) -> tuple[dict[str, float], dict[str, str]]:
+        """Run a control call on every replica at once: (URL -> seconds it took, URL -> error)."""
+
+        def timed(replica: HeadroomClient) -> tuple[str, float, str | None]:
+            started = time.perf_counter()
+            try:
+                call(replica)
+            except HeadroomError as exc:
+                return replica.url, time.perf_counter() - started, str(exc)
+            return replica.url, time.perf_counter() - started, None
+
+        if len(self.replicas) == 1:
+            outcomes = [timed(self.replicas[0])]
+        else:
+            # One pool for the Onboarding's life: an HTTP client keeps one connection per thread.
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(max_workers=len(self.replicas), thread_name_prefix="onboard-replica")
+            outcomes = list(self._pool.map(timed, self.replicas))
+        done = {url: seconds for url, seconds, error in outcomes if error is None}
+        missed = {url: error for url, _, error in outcomes if error is not None}
+        return done, missed
+
+    def _load_everywhere(self, name: str, version: int) -> tuple[dict[str, float], dict[str, str]]:
+        """Load version ``version`` of head ``name`` on every replica; raises when none loaded it.
+
+        On a store without atomic folders (S3) the load names the version, so a replica never
+        takes a version that is still being written.
+        """
+        model_name = head_model_name(name)
+        override = None if self.store.atomic else registration_load_config(name, [version])
+        done, missed = self._on_every_replica(lambda replica: replica.load_model(model_name, config=override))
+        if not done:
+            raise HeadroomError("; ".join(missed.values()) if len(missed) > 1 else next(iter(missed.values())))
+        for url, error in missed.items():
+            log.warning("%s: replica %s missed the load (it converges by reconciling): %s", name, url, error)
+        return done, missed
 
     def _verify(self, stored, labels: list[str], text: str) -> None:
         """The head just loaded must answer ``text`` through ``pipeline`` with its own labels."""
@@ -248,32 +303,45 @@ class Onboarding:
 
         notes = []
         if stored.version == 1:
-            try:
-                self.client.unload_model(stored.model_name)
-            except HeadroomError as exc:  # the server may be gone
-                notes.append(f"unloading it failed too: {exc}")
-            head_store.archive_head(stored.name, self.repository, self.state_dir, suffix=".failed")
+            _, missed = self._on_every_replica(lambda replica: replica.unload_model(stored.model_name))
+            notes += [f"unloading it failed too: {error}" for error in missed.values()]  # a server may be gone
+            self.store.archive_head(stored.name, suffix=".failed")
         else:
-            head_store.archive_version(stored.name, stored.version, self.repository, self.state_dir, suffix=".failed")
-            try:
-                self.client.load_model(stored.model_name)
-            except HeadroomError as exc:
-                notes.append(f"loading version {stored.version - 1} again failed too: {exc}")
+            self.store.archive_version(stored.name, stored.version, suffix=".failed")
+            remaining = self.store.complete_versions(stored.name)
+            override = None
+            if not self.store.atomic and remaining:
+                override = registration_load_config(stored.name, remaining[-1:])
+            _, missed = self._on_every_replica(lambda replica: replica.load_model(stored.model_name, config=override))
+            notes += [f"loading version {stored.version - 1} again failed too: {error}" for error in missed.values()]
         message = str(cause) if isinstance(cause, HeadroomError) else f"{type(cause).__name__}: {cause}"
         message += f"; version {stored.version} was withdrawn"
         if notes:
             message += "; " + "; ".join(notes)
         return HeadroomError(message, getattr(cause, "status", None))
 
-    def offboard(self, name: str) -> Path | None:
-        """Unload head ``name`` and archive its files; returns the archive folder."""
+    def offboard(self, name: str) -> Path | str | None:
+        """Unload head ``name`` (on every replica) and archive its files; returns the archive.
+
+        On a shared store (S3) the files are archived first: a reconciling replica would load
+        again a head it still finds in the store.
+        """
 
         model_name = head_model_name(name)
         with self._head_lock(name):
-            self.client.unload_model(model_name)
-            deadline = time.monotonic() + self.load_timeout_s
-            while self.client.is_model_ready(model_name):
-                if time.monotonic() > deadline:
-                    raise HeadroomError(f"{model_name} was still READY {self.load_timeout_s} s after unload")
-                time.sleep(UNLOAD_POLL_S)
-            return head_store.archive_head(name, self.repository, self.state_dir)
+            archived = None if self.store.atomic else self.store.archive_head(name)
+            _, missed = self._on_every_replica(lambda replica: self._unload_and_wait(replica, model_name))
+            if missed and (self.store.atomic or len(missed) == len(self.replicas)):
+                raise HeadroomError("; ".join(missed.values()))
+            for url, error in missed.items():
+                log.warning("%s: replica %s missed the unload (it converges by reconciling): %s", name, url, error)
+            return self.store.archive_head(name) if self.store.atomic else archived
+
+    def _unload_and_wait(self, replica: HeadroomClient, model_name: str) -> None:
+        replica.unload_model(model_name)
+        deadline = time.monotonic() + self.load_timeout_s
+        while replica.is_model_ready(model_name):
+            if time.monotonic() > deadline:
+                seconds = self.load_timeout_s
+                raise HeadroomError(f"{model_name} was still READY {seconds} s after unload on {replica.url}")
+            time.sleep(UNLOAD_POLL_S)

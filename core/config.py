@@ -78,6 +78,29 @@ DEFAULT_ENCODER_VARIANT = "int8-static"
 ENCODER_INFO_FILE = "encoder.json"
 TOKENIZER_FILE = "tokenizer.json"
 ENCODER_VERSION = "1"
+#: Encoder files ``headroom export`` copies into other models' own version folders, since a model
+#: must read only its own folder (Triton copies each model of an S3 repository to a temporary
+#: folder of its own): the tokenizer for ``embed`` and ``pipeline``, the fingerprint for ``executor``.
+ENCODER_FILES_OF_MODELS = {
+    EMBED_MODEL: (TOKENIZER_FILE,),
+    PIPELINE_MODEL: (TOKENIZER_FILE,),
+    EXECUTOR_MODEL: (ENCODER_INFO_FILE,),
+}
+
+# --- repositories on S3 (docs/cluster.md) ---------------------------------------------------
+#: Where the executor reads heads (set by the launcher for Triton): a local folder or the same
+#: ``s3://host:port/bucket/path`` as the model repository. Unset: the executor's own repository.
+HEAD_STORE_ENV = "HEADROOM_HEAD_STORE"
+#: The executor's S3 head store lists a head's versions at most this often (a version written
+#: meanwhile is seen this much later; Triton readiness still decides what serves).
+S3_LISTING_TTL_S = 2.0
+#: How often a replica compares what it has loaded with the repository (``headroom reconcile``,
+#: the launcher on an S3 repository; env HEADROOM_RECONCILE_PERIOD_S).
+DEFAULT_RECONCILE_PERIOD_S = 2.0
+
+#: The request header a router hashes to keep one tenant's requests on one replica (the client
+#: library sends it with every request for a single head; ``headroom.cluster.router``).
+TENANT_HEADER = "x-tenant"
 
 # --- paths (defaults of ``Settings``) ---------------------------------------------------------
 DEFAULT_MODEL_REPOSITORY = PROJECT_ROOT / "model_repository"
@@ -85,13 +108,24 @@ DEFAULT_MODEL_REPOSITORY = PROJECT_ROOT / "model_repository"
 DEFAULT_BUILD_DIR = PROJECT_ROOT / "build"
 
 
-def state_dir_for(repository: Path, environ: dict[str, str] | None = None) -> Path:
+def state_dir_for(repository: Path | str, environ: dict[str, str] | None = None) -> Path:
     """Staging and archive folders for onboarding into ``repository``.
 
     They must be on the repository's filesystem so that a finished head can be renamed into
-    place atomically: by default ``<repository>/../.headroom`` (env HEADROOM_STATE_DIR).
+    place atomically: by default ``<repository>/../.headroom`` (env HEADROOM_STATE_DIR). For an
+    S3 repository (its archive is in the bucket) it holds the locks, the admin key and the
+    launcher's backends: by default ``.headroom`` beside the default repository.
     """
+    if str(repository).startswith("s3://"):
+        return _env_path("HEADROOM_STATE_DIR", DEFAULT_MODEL_REPOSITORY.parent / ".headroom", environ)
     return _env_path("HEADROOM_STATE_DIR", Path(repository).resolve().parent / ".headroom", environ)
+
+
+def repository_of(value: str | Path) -> Path | str:
+    """A model repository as given: ``s3://...`` stays a string (``Path`` would fold its ``//``),
+    a folder becomes an absolute ``Path``."""
+    text = str(value)
+    return text if text.startswith("s3://") else Path(text).resolve()
 
 
 #: Demo tenants' training files that ship in the repo.
@@ -196,8 +230,8 @@ class Settings:
     passed to what needs it.
     """
 
-    #: HEADROOM_MODEL_REPOSITORY: the folder Triton loads.
-    model_repository: Path = DEFAULT_MODEL_REPOSITORY
+    #: HEADROOM_MODEL_REPOSITORY: the folder Triton loads, or ``s3://host:port/bucket/path``.
+    model_repository: Path | str = DEFAULT_MODEL_REPOSITORY
     #: HEADROOM_BUILD_DIR: exported encoder variants.
     build_dir: Path = DEFAULT_BUILD_DIR
     #: HEADROOM_STATE_DIR: staging, archive, locks, the admin key (default: beside the repository).
@@ -236,12 +270,17 @@ class Settings:
     head_lock_timeout_s: int = DEFAULT_HEAD_LOCK_TIMEOUT_S
     #: HEADROOM_HEAD_C: inverse regularisation strength of head training.
     head_regularisation_c: float = DEFAULT_HEAD_REGULARISATION_C
+    #: HEADROOM_RECONCILE_PERIOD_S: how often a replica on an S3 repository reconciles its heads.
+    reconcile_period_s: float = DEFAULT_RECONCILE_PERIOD_S
+    #: HEADROOM_REPLICAS: the replicas onboarding loads on, ``http://a:8000,http://b:8000`` or
+    #: ``dns:<headless service>:<port>`` (one replica per address); empty: the server at ``url``.
+    replicas: str = ""
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> Settings:
         """The settings the environment gives (``os.environ`` unless ``environ``), read now."""
         env = os.environ if environ is None else environ
-        repository = _env_path("HEADROOM_MODEL_REPOSITORY", DEFAULT_MODEL_REPOSITORY, env)
+        repository = repository_of(env.get("HEADROOM_MODEL_REPOSITORY") or DEFAULT_MODEL_REPOSITORY)
         state_dir = state_dir_for(repository, env)
         host = _env_str("HEADROOM_HOST", DEFAULT_HOST, env)
         http_port = _env_int("HEADROOM_HTTP_PORT", DEFAULT_HTTP_PORT, env)
@@ -271,6 +310,8 @@ class Settings:
             load_timeout_s=_env_int("HEADROOM_LOAD_TIMEOUT_S", DEFAULT_LOAD_TIMEOUT_S, env),
             head_lock_timeout_s=_env_int("HEADROOM_HEAD_LOCK_TIMEOUT_S", DEFAULT_HEAD_LOCK_TIMEOUT_S, env),
             head_regularisation_c=_env_float("HEADROOM_HEAD_C", DEFAULT_HEAD_REGULARISATION_C, env),
+            reconcile_period_s=_env_float("HEADROOM_RECONCILE_PERIOD_S", DEFAULT_RECONCILE_PERIOD_S, env),
+            replicas=_env_str("HEADROOM_REPLICAS", "", env),
         )
 
 

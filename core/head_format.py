@@ -25,6 +25,9 @@ HEAD_OUTPUT = "probabilities"
 MODEL_FILE = "model.onnx"
 LABELS_FILE = "labels.txt"
 HEAD_INFO_FILE = "head.json"
+#: Written last into a version folder of a head store without atomic rename (S3): a version is
+#: complete, and may be loaded or read, only once this marker exists (``headroom.repository.s3_store``).
+VERSION_COMPLETE_FILE = "COMPLETE"
 #: ONNX metadata keys headroom's exported heads carry.
 FINGERPRINT_KEY = "encoder_fingerprint"
 LABELS_KEY = "labels"

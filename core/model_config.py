@@ -35,6 +35,21 @@ def parameter(model_config: dict, key: str, default: str | object = _REQUIRED) -
     return default  # type: ignore[return-value]
 
 
+def own_file(args: dict, name: str) -> str:
+    """Path of file ``name`` in a Python model's own version folder (``initialize``'s ``args``).
+
+    A model reads only its own folder: Triton copies each model of an S3 repository into a
+    temporary folder of its own, so a sibling model's folder is not there (FileNotFoundError
+    naming the step that writes the file).
+    """
+    import os
+
+    path = os.path.join(args["model_repository"], args["model_version"], name)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{path} is missing: `headroom export` (make heads) installs it")
+    return path
+
+
 def parse_model_config(text: str) -> model_config_pb2.ModelConfig:
     """A ``config.pbtxt`` text as Triton's ``ModelConfig`` message."""
     from google.protobuf import text_format

@@ -24,6 +24,7 @@ import shutil
 from pathlib import Path
 
 from headroom import config
+from headroom.repository.head_store import read_encoder_info  # noqa: F401 (callers import it from here)
 
 log = logging.getLogger(__name__)
 
@@ -338,8 +339,10 @@ def install_encoder(
 ) -> dict:
     """Place one variant, the tokenizer and the fingerprint in the model repository.
 
-    Files are only rewritten when their content changes, so a running server is never
-    given a reason to reload the encoder.
+    The tokenizer and the fingerprint are also copied into the version folders of the models
+    that need them (``config.ENCODER_FILES_OF_MODELS``): no model reads another's folder. Files
+    are only rewritten when their content changes, so a running server is never given a reason
+    to reload a model.
     """
     source = variant_path(variant, build_dir)
     if not source.exists():
@@ -367,15 +370,15 @@ def install_encoder(
         tmp = info_path.with_suffix(".tmp")
         tmp.write_text(text)
         tmp.replace(info_path)
+    for model, names in config.ENCODER_FILES_OF_MODELS.items():
+        model_version_dir = Path(repository) / model / "1"
+        if not model_version_dir.is_dir():
+            continue  # a repository without that model (a bare one in a test) needs no copy
+        for name in names:
+            source_file, copy = target_dir / name, model_version_dir / name
+            if not copy.exists() or copy.read_bytes() != source_file.read_bytes():
+                _atomic_copy(source_file, copy)
     return info
-
-
-def read_encoder_info(repository: Path) -> dict:
-    """The served encoder's ``encoder.json`` (fingerprint, variant, dimensions)."""
-    path = config.encoder_version_dir(repository) / config.ENCODER_INFO_FILE
-    if not path.exists():
-        raise FileNotFoundError(f"{path} is missing: run `headroom export` first")
-    return json.loads(path.read_text())
 
 
 def _atomic_copy(source: Path, target: Path) -> None:

@@ -96,6 +96,30 @@ def upgrade_registrations(repository: Path) -> list[str]:
     return upgraded
 
 
+def read_encoder_info(repository: Path) -> dict:
+    """The served encoder's ``encoder.json`` (fingerprint, variant, dimensions)."""
+    path = config.encoder_version_dir(repository) / config.ENCODER_INFO_FILE
+    if not path.exists():
+        raise FileNotFoundError(f"{path} is missing: run `headroom export` first")
+    return json.loads(path.read_text())
+
+
+def copy_repository(source: Path, target: Path, heads: tuple[str, ...] | list[str]) -> Path:
+    """Copy ``source``'s system models and only the heads named in ``heads`` to ``target`` (no
+    bytecode): a server of the tests or benchmarks must not see tenants onboarded by hand."""
+    wanted = {head_model_name(name) for name in heads}
+    source = Path(source)
+
+    def ignore(directory: str, names: list[str]) -> set[str]:
+        skipped = {name for name in names if name == "__pycache__"}
+        if Path(directory) == source:
+            skipped |= {n for n in names if n.startswith(config.HEAD_MODEL_PREFIX) and n not in wanted}
+        return skipped
+
+    shutil.copytree(source, target, ignore=ignore)
+    return Path(target)
+
+
 def head_dir(name: str, repository: Path) -> Path:
     return repository / head_model_name(name)
 
@@ -266,3 +290,76 @@ def clean_staging(state_dir: Path) -> int:
     for entry in leftovers:
         shutil.rmtree(entry, ignore_errors=True)
     return len(leftovers)
+
+
+def registration_load_config(name: str, versions: list[int]) -> str:
+    """Head ``name``'s registration model as the JSON ``config`` of a load request, serving
+    exactly ``versions``: how a replica loads from a store whose version folders may exist
+    before they are complete (``headroom.repository.s3_store``)."""
+    from google.protobuf import json_format
+
+    model = registration_model_config(name)
+    model.version_policy.specific.versions.extend(versions)
+    return json_format.MessageToJson(model)
+
+
+class LocalHeadStore:
+    """The heads of a local model repository folder (atomic renames; archive in the state folder).
+
+    The interface ``headroom.repository.s3_store.S3HeadStore`` shares, so onboarding and the
+    reconciler work on either.
+    """
+
+    #: A version folder appears whole (rename), so a plain load takes only complete versions.
+    atomic = True
+
+    def __init__(self, repository: Path, state_dir: Path) -> None:
+        self.repository = Path(repository)
+        self.state_dir = Path(state_dir)
+
+    @property
+    def url(self) -> str:
+        return str(self.repository)
+
+    def check(self) -> None:
+        """Nothing to check beyond what the launcher checks on disk."""
+
+    def read_encoder_info(self) -> dict:
+        return read_encoder_info(self.repository)
+
+    def versions(self, name: str) -> list[int]:
+        return versions_of(head_dir(name, self.repository))
+
+    def complete_versions(self, name: str) -> list[int]:
+        return self.versions(name)
+
+    def complete_heads(self) -> dict[str, list[int]]:
+        heads = {}
+        for model in head_models_in(self.repository):
+            versions = versions_of(self.repository / model)
+            if versions:
+                heads[model[len(config.HEAD_MODEL_PREFIX) :]] = versions
+        return heads
+
+    def write_head_model(self, name: str, model_bytes: bytes, labels: list[str], info: dict) -> StoredHead:
+        return write_head_model(name, model_bytes, labels, info, self.repository, self.state_dir)
+
+    def archive_old_versions(self, name: str, keep: int) -> list[Path]:
+        return archive_old_versions(name, keep, self.repository, self.state_dir)
+
+    def archive_head(self, name: str, suffix: str = "") -> Path | None:
+        return archive_head(name, self.repository, self.state_dir, suffix=suffix)
+
+    def archive_version(self, name: str, version: int, suffix: str = "") -> Path | None:
+        return archive_version(name, version, self.repository, self.state_dir, suffix=suffix)
+
+
+def open_head_store(repository: str | Path, state_dir: Path):
+    """The head store of a model repository: ``S3HeadStore`` for ``s3://...``, else ``LocalHeadStore``."""
+    from headroom.s3 import is_s3_url
+
+    if is_s3_url(str(repository)):
+        from headroom.repository.s3_store import S3HeadStore
+
+        return S3HeadStore(str(repository))
+    return LocalHeadStore(Path(repository), state_dir)

@@ -39,14 +39,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from headroom.server.launcher import TritonServer
 
     settings: config.Settings = args.settings
-    repository = Path(args.repository)
+    repository = config.repository_of(args.repository)
     address = config.ServerAddress(args.host, args.http_port, args.grpc_port, args.metrics_port)
     state_dir = config.state_dir_for(repository)
     cleaned = clean_staging(state_dir)
     if cleaned:
         log.info("removed %d unfinished onboarding(s) from %s", cleaned, state_dir / "staging")
-    for name in upgrade_registrations(repository):
-        log.info("head %s: registered with the shared executor (was its own ONNX Runtime model)", name)
+    if isinstance(repository, Path):
+        for name in upgrade_registrations(repository):
+            log.info("head %s: registered with the shared executor (was its own ONNX Runtime model)", name)
     server = TritonServer(
         address,
         repository,

@@ -30,7 +30,7 @@ def restriction_args(admin_key: str) -> list[str]:
 
 def build_command(
     address: config.ServerAddress,
-    repository: Path,
+    repository: Path | str,
     backend_dir: Path,
     models: list[str],
     admin_key: str | None = None,

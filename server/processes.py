@@ -62,3 +62,52 @@ def reap_process_group(pgid: int) -> int:
     if leftovers:
         log.warning("killed %d process(es) the stopped tritonserver left behind", len(leftovers))
     return len(leftovers)
+
+
+def mapped_shm_regions() -> set[str]:
+    """Names of the ``/dev/shm`` files some live process has mapped (Linux ``/proc/*/maps``)."""
+    mapped = set()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            text = (entry / "maps").read_text()
+        except OSError:
+            continue
+        for line in text.splitlines():
+            path = line.rsplit(None, 1)[-1] if "/dev/shm/" in line else ""
+            if path.startswith("/dev/shm/"):
+                mapped.add(path[len("/dev/shm/") :].removesuffix(" (deleted)"))
+    return mapped
+
+
+def unlink_orphaned_regions(since: float) -> list[str]:
+    """Remove the Python backend's ``/dev/shm`` regions created since ``since`` (epoch seconds)
+    that no live process maps any more; their names.
+
+    A stub that ends with its killed parent usually removes its region, but not always (killed
+    in turn, or dead of the deadlock ``reap_process_group`` describes, before it could): the
+    region, up to the backend's shared-memory size, would stay until reboot. Regions of servers
+    still running are mapped by them and their stubs, so they are left alone.
+    """
+    candidates = []
+    for path in Path("/dev/shm").glob(f"*{SHM_REGION_MARK}*"):
+        try:
+            if path.stat().st_ctime >= since:
+                candidates.append(path)
+        except FileNotFoundError:
+            continue
+    if not candidates:
+        return []
+    mapped = mapped_shm_regions()
+    removed = []
+    for path in candidates:
+        if path.name not in mapped:
+            try:
+                path.unlink()
+                removed.append(path.name)
+            except FileNotFoundError:
+                pass
+    if removed:
+        log.warning("removed %d shared-memory region(s) the stopped tritonserver's stubs left", len(removed))
+    return removed

@@ -7,7 +7,6 @@ keep a running ``make serve`` undisturbed. Nothing here mocks Triton or ONNX Run
 from __future__ import annotations
 
 import secrets
-import shutil
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,15 +26,9 @@ DEMO_HEADS = ("knowledge", "lifestyle", "smalltalk", "smart_home")
 def copy_demo_repository(source: Path, target: Path) -> None:
     """Copy ``source`` to ``target`` with the system models and the demo heads only: a tenant the
     developer onboarded by hand in the checkout must not reach the tests' servers."""
-    demo = {f"{config.HEAD_MODEL_PREFIX}{head}" for head in DEMO_HEADS}
+    from headroom.repository.head_store import copy_repository
 
-    def ignore(directory: str, names: list[str]) -> set[str]:
-        skipped = {name for name in names if name == "__pycache__"}
-        if Path(directory) == source:
-            skipped |= {n for n in names if n.startswith(config.HEAD_MODEL_PREFIX) and n not in demo}
-        return skipped
-
-    shutil.copytree(source, target, ignore=ignore)
+    copy_repository(source, target, DEMO_HEADS)
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -124,3 +117,26 @@ def triton(built_repository: Path, tmp_path_factory: pytest.TempPathFactory):
         yield ServerHandle(server, repository, root / "state", log_file, admin_key)
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def s3(tmp_path_factory: pytest.TempPathFactory):
+    """A real S3 server for the session: SeaweedFS (``weed mini``) on free ports, one bucket."""
+    from headroom.cluster.seaweedfs import SeaweedFS
+
+    server = SeaweedFS(tmp_path_factory.mktemp("s3"))
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def publish_demo_repository(s3, built_repository: Path, prefix: str, workdir: Path) -> str:
+    """The system models and demo heads published under ``prefix`` of the S3 server; its URL."""
+    from headroom.repository.s3_store import S3HeadStore
+
+    local = workdir / "model_repository"
+    copy_demo_repository(built_repository, local)
+    S3HeadStore(s3.url(prefix), client=s3.client()).publish(local)
+    return s3.url(prefix)

@@ -7,8 +7,8 @@ folders holds what the executor serves::
     <repository>/head_<name>/<version>/labels.txt    class names in output order, one per line
     <repository>/head_<name>/<version>/head.json     encoder fingerprint, training metrics
 
-Reading goes through ``HeadFiles`` only, so serving the repository from elsewhere (object
-storage) changes this module and nothing else. Which names are heads is not decided here: the
+Reading goes through ``HeadFiles`` only; ``headroom.executor.s3_head_files.S3HeadFiles`` is the
+same view of a head store on S3. Which names are heads is not decided here: the
 executor checks each name with ``headroom.naming.head_name_problem`` before it asks for its files.
 Pure Python, no Triton import.
 """
@@ -62,6 +62,10 @@ class HeadFiles:
         except OSError:
             return []
 
+    def refresh(self, head: str) -> list[int] | None:
+        """A folder is read afresh every time: nothing newer to learn (see ``S3HeadFiles``)."""
+        return None
+
     def has_version(self, head: str, version: int) -> bool:
         return os.path.isdir(os.path.join(self.folder(head), str(version)))
 
@@ -81,15 +85,13 @@ class HeadFiles:
         value = info.get("encoder_fingerprint")
         return value if isinstance(value, str) else None
 
-    def encoder_fingerprint(self, encoder_model: str) -> str | None:
-        """Fingerprint in the newest ``<encoder>/<version>/encoder.json``, or None without one."""
-        encoder_dir = os.path.join(self.repository, encoder_model)
-        try:
-            versions = version_numbers(encoder_dir)
-        except OSError:
-            return None
-        for version in versions:
-            info = _read_json(os.path.join(encoder_dir, str(version), ENCODER_INFO_FILE))
-            if info:
-                return info.get("fingerprint")
-        return None
+
+def encoder_fingerprint(folder: str) -> str | None:
+    """The fingerprint in ``<folder>/encoder.json``, or None without one.
+
+    ``headroom export`` writes the served encoder's ``encoder.json`` into the executor's own
+    version folder: a model reads only its own folder, since Triton copies each model of an S3
+    repository into a temporary folder of its own.
+    """
+    value = _read_json(os.path.join(folder, ENCODER_INFO_FILE)).get("fingerprint")
+    return value if isinstance(value, str) else None

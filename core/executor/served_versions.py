@@ -22,7 +22,7 @@ from headroom.executor.head_files import HeadFiles
 @dataclass(frozen=True)
 class ServedVersion:
     version: int
-    stamp: int  # the folder's stamp when resolved
+    stamp: object  # the folder's stamp when resolved (HeadFiles.stamp)
     newest_on_disk: int
     checked_at: float
 
@@ -55,12 +55,19 @@ class ServedVersions:
             # A newer version is on disk: switch the moment it is READY (the old one serves till then).
             if not self._is_ready(self._files.model_name(head), str(cached.newest_on_disk)):
                 return cached.version
-        versions = self._files.versions(head)
         model = self._files.model_name(head)
-        for version in versions:
-            if self._is_ready(model, str(version)):
-                self._cache[head] = ServedVersion(version, stamp, versions[0], now)
-                return version
+        versions = self._files.versions(head)
+        for attempt in range(2):
+            for version in versions:
+                if self._is_ready(model, str(version)):
+                    self._cache[head] = ServedVersion(version, stamp, versions[0], now)
+                    return version
+            # A store whose listings are cached (S3) may not list yet the version Triton serves:
+            # list again, once, before answering "not loaded".
+            fresh = self._files.refresh(head) if attempt == 0 else None
+            if not fresh or fresh == versions:
+                break
+            versions = fresh
         self._cache.pop(head, None)
         return None
 

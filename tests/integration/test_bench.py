@@ -29,6 +29,8 @@ SCRIPTS = [
     "density",
     "dense_heads",
     "tuning",
+    "cluster",
+    "affinity",
     "run_all",
 ]
 
@@ -132,9 +134,18 @@ def _check_quick_reports(results: Path, served: str) -> None:
     # The shipped runs are the reference: their relative throughputs average to 1.
     assert sum(row["relative_to_shipped"] for row in shipped) / 2 == pytest.approx(1.0, abs=0.002)
 
+    cluster = json.loads((results / "cluster.json").read_text())
+    for protocol in ("http", "grpc"):
+        overhead = cluster["overhead"][protocol]
+        assert overhead["requests_per_path"] > 0
+        assert all(_positive(overhead[path]["p50_us"]) for path in ("direct", "router")), overhead
+    assert cluster["throughput"] and all(point["sent"] > 0 and point["failed"] == 0 for point in cluster["throughput"])
+    assert all(_positive(seconds) for seconds in cluster["convergence"]["replica_serves_every_head_s"].values())
+    assert cluster["convergence"]["onboard_missed"] in ({}, [], 0, None)
+
 
 @pytest.mark.integration
-@pytest.mark.timeout(960)  # the subprocess's own limit is 900 s; a loaded 2-core machine needs ~5-8 min
+@pytest.mark.timeout(1560)  # the subprocess's own limit is 1500 s; a quiet 2-core machine needs ~9 min
 def test_quick_run_of_all_benchmarks_writes_reports(tmp_path, settings):
     env = {**os.environ, "HEADROOM_BENCH_RESULTS": str(tmp_path)}
     done = subprocess.run(
@@ -142,7 +153,7 @@ def test_quick_run_of_all_benchmarks_writes_reports(tmp_path, settings):
         capture_output=True,
         text=True,
         cwd=config.PROJECT_ROOT,
-        timeout=900,
+        timeout=1500,
         env=env,
     )
     assert done.returncode == 0, done.stderr[-4000:]

@@ -356,8 +356,8 @@ class Repository:
     def __init__(self, root) -> None:
         self.root = root
         self.ready: set[tuple[str, str]] = set()
-        (root / "encoder" / "1").mkdir(parents=True)
-        (root / "encoder" / "1" / "encoder.json").write_text(f'{{"fingerprint": "{SERVED}"}}')
+        (root / "executor" / "1").mkdir(parents=True)  # the executor's own copy of encoder.json
+        (root / "executor" / "1" / "encoder.json").write_text(f'{{"fingerprint": "{SERVED}"}}')
 
     def add(self, head: str, version: int, model_bytes: bytes, labels: list[str], fingerprint: str = SERVED):
         folder = self.root / f"head_{head}" / str(version)
@@ -377,7 +377,7 @@ class Repository:
             files,
             served_versions.ServedVersions(files, lambda model, version: (model, version) in self.ready, ttl_s=0.0),
             resident_heads.HeadResidency(budget_bytes, DIM),
-            files.encoder_fingerprint("encoder"),
+            head_files.encoder_fingerprint(str(self.root / "executor" / "1")),
         )
 
 

@@ -19,13 +19,13 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 
 import numpy as np
 import triton_python_backend_utils as pb_utils
+from headroom.config import TOKENIZER_FILE
 from headroom.length_groups import GroupingLimits, plan_groups
-from headroom.model_config import parameter
-from headroom.text_tokenizer import TextTokenizer, TokenizedTexts, find_tokenizer_file
+from headroom.model_config import own_file, parameter
+from headroom.text_tokenizer import TextTokenizer, TokenizedTexts
 
 TEXT_INPUT = "TEXT"
 EMBEDDING_OUTPUT = "sentence_embedding"
@@ -49,8 +49,7 @@ class TritonPythonModel:
     def initialize(self, args: dict) -> None:
         config = json.loads(args["model_config"])
         self.encoder_model = parameter(config, "encoder_model")
-        repository = os.path.dirname(os.path.normpath(args["model_repository"]))
-        tokenizer_file = find_tokenizer_file(os.path.join(repository, self.encoder_model))
+        tokenizer_file = own_file(args, TOKENIZER_FILE)
         self.tokenizer = TextTokenizer(tokenizer_file, max_length=int(parameter(config, "max_length")))
         self.limits = GroupingLimits(
             max_batch_tokens=int(parameter(config, "max_batch_tokens")),

@@ -22,13 +22,15 @@ import threading
 
 import numpy as np
 import triton_python_backend_utils as pb_utils
+from headroom.config import HEAD_STORE_ENV
 from headroom.executor import tensors
-from headroom.executor.head_files import HeadFiles
+from headroom.executor.head_files import HeadFiles, encoder_fingerprint
 from headroom.executor.head_runner import HeadRunner
 from headroom.executor.resident_heads import HeadResidency
 from headroom.executor.served_versions import ServedVersions
 from headroom.model_config import parameter
 from headroom.row_errors import RowError, triton_error
+from headroom.s3 import S3Location, is_s3_url
 
 #: Environment overrides of the config parameters of the same meaning (README "Configuration").
 BUDGET_ENV = "HEADROOM_RESIDENT_HEAD_BYTES"
@@ -38,14 +40,21 @@ TTL_ENV = "HEADROOM_READINESS_TTL_MS"
 class TritonPythonModel:
     def initialize(self, args: dict) -> None:
         config = json.loads(args["model_config"])
-        repository = os.path.dirname(os.path.normpath(args["model_repository"]))
-        files = HeadFiles(repository)
+        # Heads come from the head store: the launcher names it (an S3 repository is copied into
+        # temporary folders, one per model); else this model's own repository folder.
+        repository = os.environ.get(HEAD_STORE_ENV) or os.path.dirname(os.path.normpath(args["model_repository"]))
+        if is_s3_url(repository):
+            from headroom.executor.s3_head_files import S3HeadFiles
+
+            files = S3HeadFiles(S3Location.parse(repository))
+        else:
+            files = HeadFiles(repository)
         embedding = next(entry for entry in config["input"] if entry["name"] == tensors.EMBEDDING_INPUT)
         self.dim = int(embedding["dims"][-1])
         budget = int(os.environ.get(BUDGET_ENV) or parameter(config, "resident_bytes_budget", str(256 << 20)))
         ttl_ms = float(os.environ.get(TTL_ENV) or parameter(config, "readiness_ttl_ms", "200"))
         self.sweep_interval_s = float(parameter(config, "sweep_interval_s", "1"))
-        fingerprint = files.encoder_fingerprint(parameter(config, "encoder_model", "encoder"))
+        fingerprint = encoder_fingerprint(os.path.join(args["model_repository"], args["model_version"]))
         self.runner = HeadRunner(
             files,
             ServedVersions(files, pb_utils.is_model_ready, ttl_ms / 1000.0),

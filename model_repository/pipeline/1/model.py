@@ -27,19 +27,26 @@ loaded ...``, then ``(rows 5, 9 failed too)`` when more did) and the code is tha
 - UNAVAILABLE: the head was trained against another encoder than the one served, or its file
   cannot run.
 A missing input is refused by Triton itself before the batch is formed (INVALID_ARG).
+
+Triton counts a request that failed for its head as a success, so the pipeline counts rows by
+head and code, and requests and their seconds by head, on Triton's metrics port
+(``headroom.tenant_metrics``: names, and the bound on how many heads get a label).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import time
 
 import numpy as np
 import triton_python_backend_utils as pb_utils
+from headroom.config import TOKENIZER_FILE
 from headroom.executor import tensors
-from headroom.model_config import parameter
+from headroom.model_config import own_file, parameter
 from headroom.row_errors import INVALID_ARG, RowError, triton_error
-from headroom.text_tokenizer import BlankCheck, find_tokenizer_file
+from headroom.tenant_metrics import DEFAULT_MAX_HEADS, MAX_HEADS_ENV, OK, RequestOutcome, TenantLabels
+from headroom.text_tokenizer import BlankCheck
 
 EMBEDDING_OUTPUT = "sentence_embedding"
 
@@ -95,12 +102,16 @@ class TritonPythonModel:
         config = json.loads(args["model_config"])
         self.embed_model = parameter(config, "embed_model")
         self.executor_model = parameter(config, "executor_model")
-        repository = os.path.dirname(os.path.normpath(args["model_repository"]))
-        encoder_dir = os.path.join(repository, parameter(config, "encoder_model"))
-        self.is_blank = BlankCheck(find_tokenizer_file(encoder_dir))
+        self.is_blank = BlankCheck(own_file(args, TOKENIZER_FILE))
+        max_heads = os.environ.get(MAX_HEADS_ENV) or parameter(
+            config, "tenant_metrics_max_heads", str(DEFAULT_MAX_HEADS)
+        )
+        self._metrics = _TenantMetrics(TenantLabels(int(max_heads)))
 
     async def execute(self, requests):
+        started = time.perf_counter()
         responses: list = [None] * len(requests)
+        outcomes: list = [None] * len(requests)
         texts: list[str] = []
         heads: list[str] = []
         spans: list[tuple[int, int, int]] = []  # (request index, first row, rows) of valid requests
@@ -108,6 +119,7 @@ class TritonPythonModel:
             parsed = self._parse(request)
             if isinstance(parsed, pb_utils.TritonError):
                 responses[index] = _error_response(parsed)
+                outcomes[index] = _refused(request, parsed)
                 continue
             spans.append((index, len(texts), len(parsed[0])))
             texts.extend(parsed[0])
@@ -116,12 +128,16 @@ class TritonPythonModel:
         if texts:
             embeddings = await self._embed(texts)
             if isinstance(embeddings, pb_utils.TritonError):
-                for index, _, _ in spans:
+                for index, start, count in spans:
                     responses[index] = _error_response(embeddings)
+                    outcomes[index] = RequestOutcome(heads[start : start + count], [_code(embeddings)] * count)
             else:
                 results = await self._run_heads(embeddings, heads)  # errors per row, never raises
                 for index, start, count in spans:
-                    responses[index] = _response(results[start : start + count])
+                    rows = results[start : start + count]
+                    responses[index] = _response(rows)
+                    outcomes[index] = RequestOutcome(heads[start : start + count], [_code(row) for row in rows])
+        self._metrics.record(outcomes, time.perf_counter() - started)
         return responses
 
     def _parse(self, request):
@@ -176,6 +192,67 @@ class TritonPythonModel:
         except Exception as exc:
             return [pb_utils.TritonError(f"head execution failed: {exc}", pb_utils.TritonError.INTERNAL)] * len(heads)
         return [triton_error(row, pb_utils) if isinstance(row, RowError) else row for row in rows]
+
+
+def _code(row) -> str:
+    """A row's outcome for the counters: ``OK``, or its error's code name."""
+    if not isinstance(row, pb_utils.TritonError):
+        return OK
+    if not _CODE_NAMES:  # pb_utils.TritonError exists once the stub runs, not at import
+        _CODE_NAMES.update(
+            (getattr(pb_utils.TritonError, name), name)
+            for name in ("UNKNOWN", "INTERNAL", "NOT_FOUND", "INVALID_ARG", "UNAVAILABLE", "UNSUPPORTED", "CANCELLED")
+            if hasattr(pb_utils.TritonError, name)
+        )
+    return _CODE_NAMES.get(row.code(), "UNKNOWN")
+
+
+_CODE_NAMES: dict[int, str] = {}
+
+
+def _refused(request, error) -> RequestOutcome:
+    """The outcome of a request refused as a whole: each of its rows with the request's code."""
+    heads = [head if isinstance(head, str) else None for head in _strings(request, "HEAD")]
+    return RequestOutcome(heads, [_code(error)] * len(heads))
+
+
+class _TenantMetrics:
+    """``headroom.tenant_metrics``'s counters as ``pb_utils`` metrics (absent where the backend
+    lacks them); each series is created once and updated once per batch."""
+
+    def __init__(self, labels: TenantLabels) -> None:
+        self.labels = labels
+        self.enabled = hasattr(pb_utils, "MetricFamily")
+        if not self.enabled:
+            return
+        counter = pb_utils.MetricFamily.COUNTER
+        self._rows = pb_utils.MetricFamily(
+            "headroom_tenant_rows_total", "Texts answered or refused, by head and code", counter
+        )
+        self._requests = pb_utils.MetricFamily(
+            "headroom_tenant_requests_total", "Pipeline requests naming the head", counter
+        )
+        self._seconds = pb_utils.MetricFamily(
+            "headroom_tenant_request_seconds_total", "Seconds the pipeline spent on requests naming the head", counter
+        )
+        self._series: dict = {}
+
+    def _metric(self, family, **labels):
+        key = (id(family), *sorted(labels.items()))
+        metric = self._series.get(key)
+        if metric is None:
+            metric = self._series[key] = family.Metric(labels={"model": "pipeline", **labels})
+        return metric
+
+    def record(self, outcomes: list, seconds: float) -> None:
+        if not self.enabled:
+            return
+        tally = self.labels.tally([outcome for outcome in outcomes if outcome is not None], seconds)
+        for (head, code), count in tally.rows.items():
+            self._metric(self._rows, head=head, code=code).increment(count)
+        for head, count in tally.requests.items():
+            self._metric(self._requests, head=head).increment(count)
+            self._metric(self._seconds, head=head).increment(tally.seconds[head])
 
 
 def _response(rows: list):

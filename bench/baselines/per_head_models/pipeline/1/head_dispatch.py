@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 import triton_python_backend_utils as pb_utils
 from headroom.config import HEAD_MODEL_PREFIX
-from headroom.executor.head_files import HeadFiles
+from headroom.executor.head_files import encoder_fingerprint, version_numbers
 from headroom.executor.head_files import version_numbers as _version_numbers
 from headroom.head_format import HEAD_INFO_FILE, HEAD_INPUT, HEAD_OUTPUT, LABELS_FILE
 from headroom.naming import head_name_problem  # noqa: F401  (the pipeline model imports it from here)
@@ -163,7 +163,8 @@ class HeadDispatcher:
 
 def read_encoder_fingerprint(encoder_dir: str) -> str | None:
     """Fingerprint in the newest ``<encoder>/<version>/encoder.json``, or None without one."""
-    return HeadFiles(os.path.dirname(encoder_dir)).encoder_fingerprint(os.path.basename(encoder_dir))
+    versions = version_numbers(encoder_dir)
+    return encoder_fingerprint(os.path.join(encoder_dir, str(versions[0]))) if versions else None
 
 
 def _read_json(path: str) -> dict:
