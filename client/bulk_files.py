@@ -11,13 +11,16 @@ Every other JSONL field or CSV column (an ``id``, say) is copied to the output r
 A malformed line is refused with its file and line number before anything is sent.
 
 Output (``ResultWriter``): ``jsonl`` (one object per input row, in input order: the copied
-fields, ``text``, ``head``, then ``label``, ``score`` and ``probabilities``, or ``error`` and
-``status``) or ``csv`` (copied columns, ``text``, ``head``, ``label``, ``score``, ``error``).
+fields, ``text``, ``head``, then ``label``, ``score``, ``probabilities`` and, for a head with
+slots, ``entities`` (``label``, ``start``, ``end``, ``text``, ``score`` each), or ``error`` and
+``status``) or ``csv`` (copied columns, ``text``, ``head``, ``label``, ``score``, ``error``;
+entities only in JSONL).
 """
 
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -138,6 +141,8 @@ class ResultWriter:
                 row |= {"error": str(result), "status": getattr(result, "status", None)}
             else:
                 row |= {"label": result.label, "score": result.score, "probabilities": result.probabilities}
+                if result.entities is not None:
+                    row["entities"] = [dataclasses.asdict(entity) for entity in result.entities]
             self._handle.write(json.dumps(row, ensure_ascii=False) + "\n")
         self._handle.flush()
 

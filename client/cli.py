@@ -110,9 +110,12 @@ def cmd_onboard(args: argparse.Namespace) -> int:
         result = onboarding.onboard(args.name, args.data_file, progress=True)
     m = result.metrics
     split = ", ".join(f"{step.replace('_', ' ')} {seconds:.3f}" for step, seconds in result.timings.items())
+    slots = (
+        f", {m['slots']} slots with entity F1 {m['holdout_entity_f1']:.3f}" if "holdout_entity_f1" in m else ""
+    )
     print(
         f"onboarded {result.name} v{result.version}: accuracy {m['holdout_accuracy']:.3f}, "
-        f"macro-F1 {m['holdout_macro_f1']:.3f} on {m['holdout_examples']} held-out examples "
+        f"macro-F1 {m['holdout_macro_f1']:.3f} on {m['holdout_examples']} held-out examples{slots} "
         f"in {result.seconds_total:.2f} s ({split} s)" + _replica_note(result)
     )
     return 0
@@ -181,7 +184,10 @@ def _print_results(results: list) -> int:
             failed += 1
             print(f"error: {result}", file=sys.stderr)
         else:
-            print(f"{result.label}\t{result.score:.3f}\t{result.text}")
+            line = f"{result.label}\t{result.score:.3f}\t{result.text}"
+            if result.entities is not None:  # a head with slots: label=covered text, in text order
+                line += "\t" + " ".join(f"{e.label}={e.text!r}" for e in result.entities)
+            print(line)
     return 1 if failed else 0
 
 
@@ -262,7 +268,10 @@ def build_parser(settings: config.Settings | None = None) -> argparse.ArgumentPa
     )
     p.add_argument("name", help="head name: 1-48 of a-z 0-9 _ -, starting with a letter or digit")
     p.add_argument(
-        "data_file", nargs="?", help='JSONL lines {"text": ..., "label": ...} or CSV with text,label columns'
+        "data_file",
+        nargs="?",
+        help='JSONL lines {"text": ..., "label": ...} or CSV with text,label columns; slots: an "entities" '
+        'list [{"start", "end", "label"}] per line, or the markup "turn on the [kitchen](area) lights"',
     )
     p.add_argument("--onnx", help="a ready-made head: ONNX sentence_embedding FP32 [B, 384] -> probabilities [B, C]")
     p.add_argument("--labels", help="with --onnx: the head's labels, one per line in output order")

@@ -22,11 +22,16 @@ import numpy as np
 from headroom import config
 from headroom.admin_key import AdminKeyError, admin_headers, load_admin_key
 from headroom.naming import head_model_name, head_name_of
+from headroom.token_features import TokenFeatures
 
 log = logging.getLogger(__name__)
 
 EMBEDDING = "sentence_embedding"
-CLASSIFY_OUTPUTS = ["LABEL", "SCORE", "PROBS", "LABELS"]
+#: ``embed``'s per-token outputs (slot training, ``HeadroomClient.embed_tokens``).
+TOKEN_OUTPUTS = ["token_embeddings", "token_offsets", "token_count"]
+ENTITY_OUTPUTS = ["ENTITY_COUNT", "ENTITY_LABELS", "ENTITY_STARTS", "ENTITY_ENDS", "ENTITY_TEXTS", "ENTITY_SCORES"]
+#: The pipeline answers ``ENTITY_*`` only for requests with a row whose head has slots.
+CLASSIFY_OUTPUTS = ["LABEL", "SCORE", "PROBS", "LABELS", *ENTITY_OUTPUTS]
 #: What Triton answers (403 over HTTP, UNAVAILABLE over gRPC) to a restricted call without the key.
 RESTRICTED_TEXT = "is restricted, expecting header"
 
@@ -40,12 +45,25 @@ class HeadroomError(RuntimeError):
 
 
 @dataclass(frozen=True)
+class Entity:
+    """A slot found in a text: ``text[start:end]`` (code points, end exclusive) is ``text``."""
+
+    label: str
+    start: int
+    end: int
+    text: str
+    score: float
+
+
+@dataclass(frozen=True)
 class Classification:
     text: str
     head: str
     label: str
     score: float
     probabilities: dict[str, float] = field(repr=False)
+    #: The entities of a head with slots (possibly none found); None for a head without slots.
+    entities: tuple[Entity, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -110,6 +128,7 @@ def to_classifications(result, rows: Sequence[int], texts: Sequence[str], heads:
     scores = result.as_numpy("SCORE").reshape(len(rows))
     probabilities = result.as_numpy("PROBS").reshape(len(rows), -1)
     names = result.as_numpy("LABELS").reshape(len(rows), -1)
+    entities = to_entities(result, len(rows))
     classifications = []
     for position, row in enumerate(rows):
         # Rows are padded to the widest head of the request with label "" (never a real label).
@@ -123,9 +142,38 @@ def to_classifications(result, rows: Sequence[int], texts: Sequence[str], heads:
                 probabilities=dict(
                     zip(row_names, (float(p) for p in probabilities[position, : len(row_names)]), strict=True)
                 ),
+                entities=entities[position],
             )
         )
     return classifications
+
+
+def to_entities(result, count: int) -> list[tuple[Entity, ...] | None]:
+    """Each row's entities from a ``pipeline`` answer (None for every row when it has none:
+    no head of the request has slots; None for a row whose ``ENTITY_COUNT`` is -1)."""
+    counts = result.as_numpy("ENTITY_COUNT")
+    if counts is None:
+        return [None] * count
+    counts = counts.reshape(count)
+    arrays = {name: result.as_numpy(name).reshape(count, -1) for name in ENTITY_OUTPUTS[1:]}
+    rows: list[tuple[Entity, ...] | None] = []
+    for row in range(count):
+        if counts[row] < 0:
+            rows.append(None)
+            continue
+        rows.append(
+            tuple(
+                Entity(
+                    label=arrays["ENTITY_LABELS"][row, i].decode("utf-8"),
+                    start=int(arrays["ENTITY_STARTS"][row, i]),
+                    end=int(arrays["ENTITY_ENDS"][row, i]),
+                    text=arrays["ENTITY_TEXTS"][row, i].decode("utf-8"),
+                    score=float(arrays["ENTITY_SCORES"][row, i]),
+                )
+                for i in range(int(counts[row]))
+            )
+        )
+    return rows
 
 
 def bytes_input(triton, name: str, values: Sequence[str | bytes]):
@@ -354,6 +402,29 @@ class HeadroomClient:
                 raise result
             embeddings[rows] = result.as_numpy(EMBEDDING)
         return embeddings
+
+    def embed_tokens(
+        self, texts: Sequence[str], batch_size: int = config.DEFAULT_EMBED_BATCH_SIZE, progress: bool = False
+    ) -> list[TokenFeatures]:
+        """Each text's token embeddings and token offsets from the served encoder (model
+        ``embed``): what token heads (slots) are trained on. Texts longer than the encoder's
+        ``max_length`` tokens are truncated, as when they are served."""
+        chunks = length_sorted_chunks(texts, batch_size)
+        calls = [
+            (config.EMBED_MODEL, [self._string_input("TEXT", [texts[row] for row in rows])], TOKEN_OUTPUTS)
+            for rows in chunks
+        ]
+        features: list = [None] * len(texts)
+        answers = self._run_all(calls, progress, [len(rows) for rows in chunks], "embedding tokens")
+        for rows, result in zip(chunks, answers, strict=True):
+            if isinstance(result, HeadroomError):
+                raise result
+            tokens, offsets = result.as_numpy("token_embeddings"), result.as_numpy("token_offsets")
+            counts = result.as_numpy("token_count").reshape(-1)
+            for position, row in enumerate(rows):
+                count = int(counts[position])
+                features[row] = TokenFeatures(tokens[position, :count].copy(), offsets[position, :count].copy())
+        return features
 
     # --- heads and model control -------------------------------------------------------------
     def is_head_ready(self, name: str) -> bool:

@@ -38,7 +38,9 @@ from headroom import config
 from headroom.client.inference import HeadroomClient, HeadroomError
 from headroom.export.datasets import load_labelled_file
 from headroom.export.heads import exported_head
+from headroom.export.slot_heads import exported_slot_head, train_slot_head
 from headroom.export.tenants import train_from_file
+from headroom.head_format import SlotFiles
 from headroom.naming import head_model_name
 from headroom.repository import validation
 from headroom.repository.head_store import head_info, open_head_store, registration_load_config
@@ -139,11 +141,35 @@ class Onboarding:
             f"{head.metrics['holdout_accuracy']:.3f} on {head.metrics['holdout_examples']}, refitted on all",
             timings["fitting"],
         )
+        slots = None
+        if data.entities is not None:  # a tenant with slots: its token head too
+            slot_head = train_slot_head(
+                data.texts, data.entities, partial(self.client.embed_tokens, progress=progress), self.regularisation_c
+            )
+            head.metrics.update(slot_head.metrics)
+            timings["embedding"] += float(slot_head.metrics["token_embedding_seconds"])
+            timings["fitting"] += float(slot_head.metrics["token_fitting_seconds"])
+            _report(
+                progress,
+                f"{name}: token head for {len(data.slot_labels)} slots, hold-out entity F1 "
+                f"{slot_head.metrics['holdout_entity_f1']:.3f}",
+                slot_head.metrics["token_embedding_seconds"] + slot_head.metrics["token_fitting_seconds"],
+            )
         checking = time.perf_counter()
         checked = self._check(name, exported_head(head, fingerprint), head.labels, fingerprint, fingerprint)
+        if data.entities is not None:
+            try:
+                slot_bytes = exported_slot_head(slot_head, fingerprint)
+                slots = validation.check_slot_head(slot_bytes, slot_head.tags, fingerprint)
+            except HeadValidationError as exc:
+                raise HeadRefused(f"head {name!r} refused: {exc}") from exc
         timings["checking"] = time.perf_counter() - checking
         info = head_info(fingerprint, head.metrics, str(data_file))
-        version = self._install(name, checked, info, probe_text=data.texts[0], timings=timings, progress=progress)
+        if slots is not None:
+            info["slots"] = data.slot_labels
+        version = self._install(
+            name, checked, info, probe_text=data.texts[0], timings=timings, progress=progress, slots=slots
+        )
         return OnboardResult(
             name,
             version,
@@ -214,7 +240,14 @@ class Onboarding:
             raise HeadroomError(str(exc)) from exc
 
     def _install(
-        self, name: str, checked, info: dict, probe_text: str, timings: dict[str, float], progress: bool = False
+        self,
+        name: str,
+        checked,
+        info: dict,
+        probe_text: str,
+        timings: dict[str, float],
+        progress: bool = False,
+        slots: SlotFiles | None = None,
     ) -> int:
         """Write a checked head (new, or the next version), load it, verify its first answer.
 
@@ -226,14 +259,14 @@ class Onboarding:
         model_name = head_model_name(name)
         with self._head_lock(name):
             writing = time.perf_counter()
-            stored = self.store.write_head_model(name, checked.model_bytes, checked.labels, info)
+            stored = self.store.write_head_model(name, checked.model_bytes, checked.labels, info, slots=slots)
             loading = time.perf_counter()
             timings["writing"] = loading - writing
             try:
                 self._last_loads = self._load_everywhere(stored.name, stored.version)
                 answering = time.perf_counter()
                 timings["loading"] = answering - loading
-                self._verify(stored, checked.labels, probe_text)
+                self._verify(stored, checked.labels, probe_text, with_slots=slots is not None)
             except Exception as exc:  # a failed load, a wrong or missing answer, a dead server
                 raise self._withdraw(stored, exc) from exc
             timings["first_answer"] = time.perf_counter() - answering
@@ -280,8 +313,9 @@ class Onboarding:
             log.warning("%s: replica %s missed the load (it converges by reconciling): %s", name, url, error)
         return done, missed
 
-    def _verify(self, stored, labels: list[str], text: str) -> None:
-        """The head just loaded must answer ``text`` through ``pipeline`` with its own labels."""
+    def _verify(self, stored, labels: list[str], text: str, with_slots: bool = False) -> None:
+        """The head just loaded must answer ``text`` through ``pipeline`` with its own labels
+        (and, with slots, with entities: possibly none, but the pipeline saw its token head)."""
         (answer,) = self.client.classify([text], stored.name, return_errors=True)
         if isinstance(answer, HeadroomError):
             raise HeadroomError(
@@ -292,6 +326,8 @@ class Onboarding:
                 f"{stored.model_name} version {stored.version} loaded but answered with labels "
                 f"{list(answer.probabilities)}, not its own {labels}"
             )
+        if with_slots and answer.entities is None:
+            raise HeadroomError(f"{stored.model_name} version {stored.version} loaded but answered without its slots")
 
     def _withdraw(self, stored, cause: Exception) -> HeadroomError:
         """Take a head version that failed to load or answer back out; the error to raise.

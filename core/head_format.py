@@ -5,6 +5,12 @@ is one linear layer and a softmax over the classes (what headroom's training exp
 ``Softmax``, or ``MatMul`` + ``Add`` + ``Softmax``) is recognised by ``linear_parameters`` and
 stacked by the executor; any other graph runs as its own ONNX Runtime session.
 
+A head with slots also has a **token head** in the same version folder: ``slots.onnx``, FP32
+[batch, tokens, D] (the encoder's ``token_embeddings``) -> tag probabilities [batch, tokens, K],
+with the K BIO tag names in ``tags.txt`` (``headroom.bio_tags``: "O", "B-<slot>", "I-<slot>"...).
+One ``MatMul`` + ``Add`` + ``Softmax`` over the last axis is recognised by ``linear_parameters``
+too and stacked the same way; ``parse_token_head`` is its admission rule.
+
 ``parse_head`` is the executor's admission rule; ``headroom.repository.validation`` calls the same
 function before it writes a head, so a head onboarding accepts is a head the executor loads.
 Pure numpy and onnx: the executor (inside Triton) and the host import this module alike.
@@ -13,6 +19,7 @@ Pure numpy and onnx: the executor (inside Triton) and the host import this modul
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import onnx
@@ -25,6 +32,11 @@ HEAD_OUTPUT = "probabilities"
 MODEL_FILE = "model.onnx"
 LABELS_FILE = "labels.txt"
 HEAD_INFO_FILE = "head.json"
+#: A head with slots: its token head and the tag names of its output, in output order.
+SLOTS_MODEL_FILE = "slots.onnx"
+TAGS_FILE = "tags.txt"
+TOKEN_HEAD_INPUT = "token_embeddings"
+TOKEN_HEAD_OUTPUT = "tag_probabilities"
 #: Written last into a version folder of a head store without atomic rename (S3): a version is
 #: complete, and may be loaded or read, only once this marker exists (``headroom.repository.s3_store``).
 VERSION_COMPLETE_FILE = "COMPLETE"
@@ -38,6 +50,14 @@ class HeadFileError(ValueError):
     """A head file that cannot serve: not ONNX, wrong input, labels that do not match."""
 
 
+@dataclass(frozen=True)
+class SlotFiles:
+    """A version's token head: ``slots.onnx`` and the tag names of ``tags.txt``."""
+
+    model: bytes
+    tags: list[str]
+
+
 # --- recognising linear heads ----------------------------------------------------------------
 def _attribute(node: onnx.NodeProto, name: str, default):
     for attribute in node.attribute:
@@ -46,17 +66,21 @@ def _attribute(node: onnx.NodeProto, name: str, default):
     return default
 
 
-def _softmax_over_classes(node: onnx.NodeProto) -> bool:
-    # Opset >= 13 Softmax normalises one axis; on [batch, classes] that is -1 or 1.
-    return node.op_type == "Softmax" and _attribute(node, "axis", -1) in (-1, 1)
+def _softmax_over_classes(node: onnx.NodeProto, rank: int) -> bool:
+    # Opset >= 13 Softmax normalises one axis: the last, -1 or rank - 1 ([batch, classes]: 1;
+    # a token head's [batch, tokens, tags]: 2).
+    return node.op_type == "Softmax" and _attribute(node, "axis", -1) in (-1, rank - 1)
 
 
-def linear_parameters(model: onnx.ModelProto) -> tuple[np.ndarray, np.ndarray] | None:
-    """(weights [C, D], bias [C]) of a one-layer softmax head, or None for any other graph."""
+def linear_parameters(model: onnx.ModelProto, rank: int = 2) -> tuple[np.ndarray, np.ndarray] | None:
+    """(weights [C, D], bias [C]) of a one-layer softmax head, or None for any other graph.
+
+    ``rank``: of the input, 2 for a sentence head, 3 for a token head (whose one linear layer
+    is a ``MatMul`` + ``Add``: ``Gemm`` takes only matrices)."""
     graph = model.graph
     initializers = {tensor.name: numpy_helper.to_array(tensor) for tensor in graph.initializer}
     nodes = list(graph.node)
-    if len(graph.input) != 1 or len(graph.output) != 1 or not nodes or not _softmax_over_classes(nodes[-1]):
+    if len(graph.input) != 1 or len(graph.output) != 1 or not nodes or not _softmax_over_classes(nodes[-1], rank):
         return None
     x = graph.input[0].name
     if nodes[-1].output[0] != graph.output[0].name:
@@ -99,18 +123,21 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     return exp / exp.sum(axis=-1, keepdims=True)
 
 
-def check_head_input(model: onnx.ModelProto, dim: int) -> None:
-    """Refuse a head whose one input is not FP32 [batch, ``dim``]."""
+def check_head_input(model: onnx.ModelProto, dim: int, rank: int = 2) -> None:
+    """Refuse a head whose one input is not FP32 [batch, ``dim``] (``rank`` 3, a token head:
+    [batch, tokens, ``dim``])."""
+    what = "a head" if rank == 2 else "a token head"
     if len(model.graph.input) != 1:
-        raise HeadFileError(f"a head has exactly one input, this one has {len(model.graph.input)}")
+        raise HeadFileError(f"{what} has exactly one input, this one has {len(model.graph.input)}")
     tensor_type = model.graph.input[0].type.tensor_type
     if tensor_type.elem_type != onnx.TensorProto.FLOAT:
         name = onnx.TensorProto.DataType.Name(tensor_type.elem_type)
-        raise HeadFileError(f"a head's input must be FLOAT (FP32), this one is {name}")
+        raise HeadFileError(f"{what}'s input must be FLOAT (FP32), this one is {name}")
     dims = [d.dim_value if d.HasField("dim_value") else None for d in tensor_type.shape.dim]
-    if len(dims) != 2 or dims[1] != dim:
+    if len(dims) != rank or dims[-1] != dim:
         shown = ["?" if d is None else d for d in dims]
-        raise HeadFileError(f"a head's input must be [batch, {dim}], this one is {shown}")
+        wanted = f"[batch, {dim}]" if rank == 2 else f"[batch, tokens, {dim}]"
+        raise HeadFileError(f"{what}'s input must be {wanted}, this one is {shown}")
 
 
 def parse_head(
@@ -128,5 +155,30 @@ def parse_head(
         raise HeadFileError(
             f"the head has {parameters[0].shape[0]} classes of width {parameters[0].shape[1]} but "
             f"labels.txt names {len(labels)} labels"
+        )
+    return parameters, model
+
+
+def parse_token_head(
+    model_bytes: bytes, tags: Sequence[str], dim: int
+) -> tuple[tuple[np.ndarray, np.ndarray] | None, onnx.ModelProto]:
+    """Validate a token head (``slots.onnx`` with the names of ``tags.txt``): its linear
+    parameters (None when it needs a session) and the parsed model."""
+    from headroom.bio_tags import check_tag_names
+
+    try:
+        check_tag_names(list(tags))
+    except ValueError as exc:
+        raise HeadFileError(f"{TAGS_FILE}: {exc}") from exc
+    try:
+        model = onnx.load_from_string(model_bytes)
+    except Exception as exc:  # protobuf's DecodeError and friends
+        raise HeadFileError(f"the token head file is not an ONNX model ({type(exc).__name__})") from exc
+    check_head_input(model, dim, rank=3)
+    parameters = linear_parameters(model, rank=3)
+    if parameters is not None and parameters[0].shape != (len(tags), dim):
+        raise HeadFileError(
+            f"the token head has {parameters[0].shape[0]} tags of width {parameters[0].shape[1]} but "
+            f"{TAGS_FILE} names {len(tags)} tags"
         )
     return parameters, model

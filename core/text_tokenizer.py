@@ -20,10 +20,12 @@ from tokenizers import Tokenizer
 
 
 class TokenizedTexts:
-    """Token ids of a list of texts, truncated and unpadded."""
+    """Token ids of a list of texts, truncated and unpadded (and, when asked for, each token's
+    character offsets into its text: code points, end exclusive, (0, 0) for [CLS] and [SEP])."""
 
-    def __init__(self, ids: list[list[int]]) -> None:
+    def __init__(self, ids: list[list[int]], offsets: list[list[tuple[int, int]]] | None = None) -> None:
         self.ids = ids
+        self.offsets = offsets
         #: Tokens of each text, [CLS] and [SEP] included.
         self.lengths = np.fromiter((len(row) for row in ids), dtype=np.int64, count=len(ids))
 
@@ -41,6 +43,18 @@ class TokenizedTexts:
             attention_mask[position, : len(tokens)] = 1
         return input_ids, attention_mask
 
+    def padded_offsets(self, rows: Sequence[int] | np.ndarray) -> np.ndarray:
+        """Character offsets of ``rows``' tokens, INT32 [len(rows), longest of them, 2], (-1, -1)
+        past a text's end (``encode(..., offsets=True)`` first)."""
+        if self.offsets is None:
+            raise ValueError("tokenized without offsets: encode(texts, offsets=True)")
+        longest = int(self.lengths[rows].max()) if len(rows) else 0
+        offsets = np.full((len(rows), longest, 2), -1, dtype=np.int32)
+        for position, row in enumerate(rows):
+            if self.offsets[row]:
+                offsets[position, : len(self.offsets[row])] = self.offsets[row]
+        return offsets
+
 
 class TextTokenizer:
     """Batch tokenizer of the served encoder: truncates at ``max_length``, never pads by itself."""
@@ -54,11 +68,14 @@ class TextTokenizer:
         # The exported tokenizer.json may carry a fixed padding length: padding is done per group.
         self._tokenizer.no_padding()
 
-    def encode(self, texts: Sequence[str]) -> TokenizedTexts:
-        """Every text's token ids, truncated at ``max_length``, unpadded."""
+    def encode(self, texts: Sequence[str], offsets: bool = False) -> TokenizedTexts:
+        """Every text's token ids, truncated at ``max_length``, unpadded; with ``offsets``, each
+        token's character offsets into its text too (token heads need them)."""
         if not texts:
-            return TokenizedTexts([])
-        return TokenizedTexts([encoding.ids for encoding in self._tokenizer.encode_batch(list(texts))])
+            return TokenizedTexts([], [] if offsets else None)
+        encodings = self._tokenizer.encode_batch(list(texts))
+        ids = [encoding.ids for encoding in encodings]
+        return TokenizedTexts(ids, [encoding.offsets for encoding in encodings] if offsets else None)
 
     def __call__(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
         """Token ids and attention mask of all ``texts`` padded to the longest, INT64 [len(texts), longest]."""

@@ -1,11 +1,17 @@
 """Labelled training files: JSONL (``{"text": ..., "label": ...}`` per line) or CSV (``text``, ``label``).
 
+A line may also name slots (``headroom.export.entities``): a JSONL ``entities`` list, or the
+inline markup ``turn on the [kitchen](area) lights`` in any text. Then ``LabelledTexts.entities``
+holds each text's entities (an empty tuple for texts without); for a file without any it is
+None, and the tenant is a classification tenant.
+
 ``load_labelled_file`` refuses, with a message naming the line, anything a head cannot be
 trained from: unknown format; a blank or whitespace-only line (a JSONL file may end with a
 newline; blank lines elsewhere usually mean a file was cut or concatenated wrongly); fields or
 columns other than ``text`` and ``label`` (listed, so a misspelt ``lable`` is not ignored); a
 missing or empty text or label; a label with a line break or control character; fewer than two
-classes; a class with fewer than two examples (the stratified hold-out needs two).
+classes; a class with fewer than two examples (the stratified hold-out needs two); entities
+that ``headroom.export.entities`` refuses, and a line with both ``entities`` and markup.
 """
 
 from __future__ import annotations
@@ -16,8 +22,11 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-#: The only fields (JSONL keys, CSV columns) a training file may have.
-FIELDS = ("text", "label")
+from headroom.export.entities import Entity, EntityError, check_entities, is_markup, parse_markup, shifted
+
+#: The fields (JSONL keys, CSV columns) a training file may have; ``entities`` is optional (JSONL).
+FIELDS = ("text", "label", "entities")
+REQUIRED_FIELDS = ("text", "label")
 
 
 class DatasetError(ValueError):
@@ -28,13 +37,24 @@ class DatasetError(ValueError):
 class LabelledTexts:
     texts: list[str]
     labels: list[str]
+    #: Each text's slots (empty tuple: none), or None: no line of the file has any.
+    entities: list[tuple[Entity, ...]] | None = None
 
     @property
     def classes(self) -> list[str]:
         return sorted(set(self.labels))
 
+    @property
+    def slot_labels(self) -> list[str]:
+        return sorted({entity.label for spans in self.entities or () for entity in spans})
 
-def _check_row(source: str, text: object, label: object) -> tuple[str, str]:
+
+Row = tuple[str, str, "tuple[Entity, ...] | None"]
+
+
+def _check_row(source: str, text: object, label: object, entities: object = None) -> Row:
+    """(text, label, entities or None when the line names none), text stripped and the entities
+    moved with it."""
     if not isinstance(text, str) or not text.strip():
         raise DatasetError(f"{source}: 'text' is missing or empty")
     if label is None or (isinstance(label, str) and not label.strip()) or isinstance(label, (dict, list)):
@@ -43,14 +63,30 @@ def _check_row(source: str, text: object, label: object) -> tuple[str, str]:
     if any(not character.isprintable() for character in label):
         # Labels travel one per line in labels.txt: a line break inside one would shift them all.
         raise DatasetError(f"{source}: label {label!r} contains a line break or control character")
-    return text.strip(), label
+    spans = None
+    try:
+        if is_markup(text):
+            if entities is not None:
+                raise EntityError("a line has either 'entities' or markup in its text, not both")
+            text, spans = parse_markup(text)
+            spans = check_entities(text, spans)
+        elif entities is not None:
+            spans = check_entities(text, entities)
+    except EntityError as exc:
+        raise DatasetError(f"{source}: {exc}") from exc
+    stripped = text.strip()
+    if spans is not None:
+        spans = shifted(spans, len(text) - len(text.lstrip()))
+    if not stripped:
+        raise DatasetError(f"{source}: 'text' is missing or empty")
+    return stripped, label, spans
 
 
 def _unknown(names: object) -> list[str]:
     return sorted(str(name) for name in names if name not in FIELDS)
 
 
-def _read_jsonl(path: Path) -> list[tuple[str, str]]:
+def _read_jsonl(path: Path) -> list[Row]:
     rows = []
     with path.open(encoding="utf-8", newline="\n") as handle:
         for number, line in enumerate(handle, start=1):
@@ -67,23 +103,26 @@ def _read_jsonl(path: Path) -> list[tuple[str, str]]:
                 raise DatasetError(f"{path}:{number}: expected an object with 'text' and 'label'")
             unknown = _unknown(record)
             if unknown:
-                raise DatasetError(f"{path}:{number}: unknown field(s) {unknown}; a line holds only 'text' and 'label'")
-            rows.append(_check_row(f"{path}:{number}", record.get("text"), record.get("label")))
+                raise DatasetError(
+                    f"{path}:{number}: unknown field(s) {unknown}; a line holds only 'text', 'label' and 'entities'"
+                )
+            rows.append(_check_row(f"{path}:{number}", record.get("text"), record.get("label"), record.get("entities")))
     return rows
 
 
-def _read_csv(path: Path) -> list[tuple[str, str]]:
+def _read_csv(path: Path) -> list[Row]:
     # utf-8-sig: spreadsheets often start a CSV with a byte-order mark.
     with path.open(encoding="utf-8-sig", newline="") as handle:
         reader = csv.reader(handle)
         header = next(reader, None)
         if not header:
             raise DatasetError(f"{path}: no CSV header; the first line must be text,label")
-        missing = sorted(set(FIELDS) - set(header))
+        missing = sorted(set(REQUIRED_FIELDS) - set(header))
         if missing:
             raise DatasetError(f"{path}: CSV header must name 'text' and 'label' columns (missing {missing})")
-        unknown = _unknown(header)
+        unknown = _unknown(header) + sorted(name for name in header if name == "entities")
         if unknown:
+            # Slots in CSV travel as markup in the text: "turn on the [kitchen](area) lights".
             raise DatasetError(f"{path}: unknown column(s) {unknown}; the CSV header must be exactly text,label")
         duplicated = sorted({name for name in header if header.count(name) > 1})
         if duplicated:
@@ -113,10 +152,12 @@ def load_labelled_file(path: str | Path) -> LabelledTexts:
         raise DatasetError(f"{path}: unknown format {suffix!r}; use .jsonl or .csv")
     if not rows:
         raise DatasetError(f"{path}: no labelled examples")
-    counts = Counter(label for _, label in rows)
+    counts = Counter(label for _, label, _ in rows)
     if len(counts) < 2:
         raise DatasetError(f"{path}: a head needs at least two classes, found only {sorted(counts)}")
     scarce = sorted(label for label, count in counts.items() if count < 2)
     if scarce:
         raise DatasetError(f"{path}: every class needs at least two examples; too few for {scarce}")
-    return LabelledTexts(texts=[t for t, _ in rows], labels=[label for _, label in rows])
+    named = any(spans is not None for _, _, spans in rows)
+    entities = [spans or () for _, _, spans in rows] if named else None
+    return LabelledTexts(texts=[t for t, _, _ in rows], labels=[label for _, label, _ in rows], entities=entities)

@@ -17,6 +17,7 @@ from headroom import config
 from headroom.length_groups import GroupingLimits, plan_groups
 from headroom.model_config import parameters_in
 from headroom.text_tokenizer import TextTokenizer, find_tokenizer_file
+from headroom.token_features import TokenFeatures
 
 
 def grouping_limits(repository: Path) -> GroupingLimits:
@@ -76,3 +77,19 @@ class RepositoryEmbedder:
                 embeddings[rows] = self.session.run(["sentence_embedding"], feed)[0]
                 bar.update(len(rows))
         return embeddings
+
+    def tokens(self, texts: Sequence[str]) -> list[TokenFeatures]:
+        """Each text's token embeddings and offsets, grouped as ``embed`` groups them: what the
+        served ``embed`` answers for a slot row (offline parity, benchmarks)."""
+        tokens = self.tokenizer.encode(texts, offsets=True)
+        groups = plan_groups(tokens.lengths, self.limits)
+        features: list = [None] * len(tokens)
+        for rows in groups:
+            input_ids, attention_mask = tokens.padded(rows)
+            feed = {"input_ids": input_ids, "attention_mask": attention_mask}
+            per_token = self.session.run(["token_embeddings"], feed)[0]
+            offsets = tokens.padded_offsets(rows)
+            for position, row in enumerate(rows.tolist()):
+                count = int(tokens.lengths[row])
+                features[row] = TokenFeatures(per_token[position, :count].copy(), offsets[position, :count].copy())
+        return features

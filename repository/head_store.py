@@ -26,7 +26,17 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from headroom import config
-from headroom.head_format import FINGERPRINT_KEY, HEAD_INFO_FILE, HEAD_INPUT, HEAD_OUTPUT, LABELS_FILE, MODEL_FILE
+from headroom.head_format import (
+    FINGERPRINT_KEY,
+    HEAD_INFO_FILE,
+    HEAD_INPUT,
+    HEAD_OUTPUT,
+    LABELS_FILE,
+    MODEL_FILE,
+    SLOTS_MODEL_FILE,
+    TAGS_FILE,
+    SlotFiles,
+)
 from headroom.model_config import format_model_config, parse_model_config
 from headroom.naming import head_model_name, head_models_in
 
@@ -169,11 +179,23 @@ def _write_file(path: Path, data: bytes) -> None:
         os.fsync(handle.fileno())
 
 
-def _write_version(folder: Path, model_bytes: bytes, labels: list[str], info: dict) -> None:
+def version_files(model_bytes: bytes, labels: list[str], info: dict, slots: SlotFiles | None) -> dict[str, bytes]:
+    """The files of one head version folder, by name (``headroom.head_format``)."""
+    files = {
+        MODEL_FILE: model_bytes,
+        LABELS_FILE: ("\n".join(labels) + "\n").encode("utf-8"),
+        HEAD_INFO_FILE: (json.dumps(info, indent=2) + "\n").encode("utf-8"),
+    }
+    if slots is not None:
+        files[SLOTS_MODEL_FILE] = slots.model
+        files[TAGS_FILE] = ("\n".join(slots.tags) + "\n").encode("utf-8")
+    return files
+
+
+def _write_version(folder: Path, files: dict[str, bytes]) -> None:
     folder.mkdir(parents=True)
-    _write_file(folder / MODEL_FILE, model_bytes)
-    _write_file(folder / LABELS_FILE, ("\n".join(labels) + "\n").encode("utf-8"))
-    _write_file(folder / HEAD_INFO_FILE, (json.dumps(info, indent=2) + "\n").encode("utf-8"))
+    for name, content in files.items():
+        _write_file(folder / name, content)
     _fsync_dir(folder)
 
 
@@ -189,8 +211,10 @@ def write_head_model(
     info: dict,
     repository: Path,
     state_dir: Path,
+    slots: SlotFiles | None = None,
 ) -> StoredHead:
-    """Write any head file (``model.onnx`` bytes) with its labels and ``head.json`` fields.
+    """Write any head file (``model.onnx`` bytes) with its labels and ``head.json`` fields (and
+    a head with slots: its token head, ``slots``).
 
     The head becomes ``head_<name>/1`` (with its registration ``config.pbtxt``) or the next
     version of an existing head. Staged, then renamed into place: never half-written.
@@ -208,13 +232,13 @@ def write_head_model(
     try:
         if model_dir.exists():
             version = (versions_of(model_dir) or [0])[-1] + 1
-            _write_version(staging, model_bytes, labels, version_info(version))
+            _write_version(staging, version_files(model_bytes, labels, version_info(version), slots))
             target = model_dir / str(version)
         else:
             version = 1
             staging.mkdir()
             _write_file(staging / "config.pbtxt", registration_config(name).encode("utf-8"))
-            _write_version(staging / "1", model_bytes, labels, version_info(version))
+            _write_version(staging / "1", version_files(model_bytes, labels, version_info(version), slots))
             _fsync_dir(staging)
             target = model_dir
         # rename() refuses to replace a non-empty folder, so two writers racing for the same
@@ -341,8 +365,10 @@ class LocalHeadStore:
                 heads[model[len(config.HEAD_MODEL_PREFIX) :]] = versions
         return heads
 
-    def write_head_model(self, name: str, model_bytes: bytes, labels: list[str], info: dict) -> StoredHead:
-        return write_head_model(name, model_bytes, labels, info, self.repository, self.state_dir)
+    def write_head_model(
+        self, name: str, model_bytes: bytes, labels: list[str], info: dict, slots: SlotFiles | None = None
+    ) -> StoredHead:
+        return write_head_model(name, model_bytes, labels, info, self.repository, self.state_dir, slots)
 
     def archive_old_versions(self, name: str, keep: int) -> list[Path]:
         return archive_old_versions(name, keep, self.repository, self.state_dir)

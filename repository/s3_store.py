@@ -22,10 +22,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 from headroom import config
-from headroom.head_format import HEAD_INFO_FILE, LABELS_FILE, MODEL_FILE, VERSION_COMPLETE_FILE
+from headroom.head_format import VERSION_COMPLETE_FILE, SlotFiles
 from headroom.model_config import CONFIG_FILE
 from headroom.naming import head_model_name, head_name_of
-from headroom.repository.head_store import StoredHead, registration_config
+from headroom.repository.head_store import StoredHead, registration_config, version_files
 from headroom.s3 import S3Location, list_keys
 
 #: Appended to the repository's prefix for the archive (``repo`` -> ``repo.archive``).
@@ -149,17 +149,18 @@ class S3HeadStore:
         return {name: sorted(versions) for name, versions in sorted(heads.items())}
 
     # --- writing ---------------------------------------------------------------------------
-    def _write_version(self, name: str, version: int, model_bytes: bytes, labels: list[str], info: dict) -> None:
+    def _write_version(self, name: str, version: int, files: dict[str, bytes]) -> None:
         model = head_model_name(name)
-        self._put(self.location.key(model, str(version), MODEL_FILE), model_bytes)
-        self._put(self.location.key(model, str(version), LABELS_FILE), ("\n".join(labels) + "\n").encode("utf-8"))
-        self._put(self.location.key(model, str(version), HEAD_INFO_FILE), (json.dumps(info, indent=2) + "\n").encode())
+        for file_name, content in files.items():
+            self._put(self.location.key(model, str(version), file_name), content)
 
     def _mark_complete(self, name: str, version: int) -> None:
         created = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         self._put(self.location.key(head_model_name(name), str(version), VERSION_COMPLETE_FILE), created.encode())
 
-    def write_head_model(self, name: str, model_bytes: bytes, labels: list[str], info: dict) -> StoredHead:
+    def write_head_model(
+        self, name: str, model_bytes: bytes, labels: list[str], info: dict, slots: SlotFiles | None = None
+    ) -> StoredHead:
         """Write head ``name`` as version 1 (with its registration ``config.pbtxt``) or as the
         version after every one it has (complete or not); complete once the marker is written."""
         model = head_model_name(name)
@@ -168,7 +169,7 @@ class S3HeadStore:
         created = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         full_info = {"name": name, "version": version, "labels": list(labels), "created_at": created, **info}
         try:
-            self._write_version(name, version, model_bytes, labels, full_info)
+            self._write_version(name, version, version_files(model_bytes, labels, full_info, slots))
             if not existing:
                 self._put(self.location.key(model, CONFIG_FILE), registration_config(name).encode("utf-8"))
             self._mark_complete(name, version)

@@ -29,7 +29,15 @@ from pathlib import Path
 
 import numpy as np
 from headroom import config
-from headroom.head_format import FINGERPRINT_KEY, LABELS_KEY, METRICS_KEY, HeadFileError, parse_head
+from headroom.head_format import (
+    FINGERPRINT_KEY,
+    LABELS_KEY,
+    METRICS_KEY,
+    HeadFileError,
+    SlotFiles,
+    parse_head,
+    parse_token_head,
+)
 
 
 class HeadValidationError(ValueError):
@@ -223,3 +231,37 @@ def check_head(
         kind="stacked" if parameters is not None else "session",
         metadata=metadata,
     )
+
+
+def check_slot_head(model_bytes: bytes, tags: Sequence[str], served_fingerprint: str) -> SlotFiles:
+    """A token head (``slots.onnx``) and its BIO tag names, checked as the executor will load
+    them and run once in ONNX Runtime on random unit-length tokens; ``HeadValidationError``."""
+    import onnxruntime as ort
+
+    tags = list(tags)
+    if not model_bytes:
+        raise HeadValidationError("the token head file is empty (0 bytes), not an ONNX model")
+    try:
+        _, model = parse_token_head(model_bytes, tags, config.EMBEDDING_DIM)
+    except HeadFileError as exc:
+        raise HeadValidationError(str(exc)) from exc
+    fingerprint = _metadata(model).get(FINGERPRINT_KEY)
+    if fingerprint is not None and fingerprint != served_fingerprint:
+        raise HeadValidationError(
+            f"the token head was trained against encoder {fingerprint}, but the server runs {served_fingerprint}"
+        )
+    rows, tokens = 2, 5
+    x = probe_embeddings(rows * tokens).reshape(rows, tokens, config.EMBEDDING_DIM)
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    options.log_severity_level = 3
+    try:
+        session = ort.InferenceSession(model_bytes, options, providers=["CPUExecutionProvider"])
+        probabilities = session.run(None, {session.get_inputs()[0].name: x})[0]
+    except Exception as exc:  # onnxruntime raises its own exception types
+        raise HeadValidationError(f"ONNX Runtime cannot run the token head: {_one_line(exc)}") from exc
+    shape = list(getattr(probabilities, "shape", []))
+    if shape != [rows, tokens, len(tags)]:
+        raise HeadValidationError(f"the token head must output [batch, tokens, {len(tags)}]; it gave {shape}")
+    check_outputs(probabilities.reshape(rows * tokens, len(tags)), rows * tokens, tags)
+    return SlotFiles(model_bytes, tags)

@@ -6,6 +6,8 @@ folders holds what the executor serves::
     <repository>/head_<name>/<version>/model.onnx    the head (any ONNX graph FP32 [B, D] -> [B, C])
     <repository>/head_<name>/<version>/labels.txt    class names in output order, one per line
     <repository>/head_<name>/<version>/head.json     encoder fingerprint, training metrics
+    <repository>/head_<name>/<version>/slots.onnx    a head with slots: its token head [B, T, D] -> [B, T, K]
+    <repository>/head_<name>/<version>/tags.txt      ... and its BIO tag names in output order
 
 Reading goes through ``HeadFiles`` only; ``headroom.executor.s3_head_files.S3HeadFiles`` is the
 same view of a head store on S3. Which names are heads is not decided here: the
@@ -19,7 +21,7 @@ import json
 import os
 
 from headroom.config import ENCODER_INFO_FILE, HEAD_MODEL_PREFIX
-from headroom.head_format import HEAD_INFO_FILE, LABELS_FILE, MODEL_FILE
+from headroom.head_format import HEAD_INFO_FILE, LABELS_FILE, MODEL_FILE, SLOTS_MODEL_FILE, TAGS_FILE, SlotFiles
 
 
 def version_numbers(model_dir: str) -> list[int]:
@@ -78,6 +80,18 @@ class HeadFiles:
         with open(os.path.join(version_dir, LABELS_FILE), encoding="utf-8", newline="\n") as handle:
             labels = [line.rstrip("\n") for line in handle if line.strip()]
         return model_bytes, labels
+
+    def read_slots(self, head: str, version: int) -> SlotFiles | None:
+        """The version's token head and its tags, or None for a head without slots."""
+        version_dir = os.path.join(self.folder(head), str(version))
+        try:
+            with open(os.path.join(version_dir, SLOTS_MODEL_FILE), "rb") as handle:
+                model_bytes = handle.read()
+        except FileNotFoundError:
+            return None
+        with open(os.path.join(version_dir, TAGS_FILE), encoding="utf-8", newline="\n") as handle:
+            tags = [line.rstrip("\n") for line in handle if line.strip()]
+        return SlotFiles(model_bytes, tags)
 
     def trained_for(self, head: str, version: int) -> str | None:
         """Encoder fingerprint the version was trained against (None when not recorded)."""

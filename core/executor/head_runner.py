@@ -24,6 +24,7 @@ import queue
 from collections.abc import Sequence
 
 import numpy as np
+from headroom.bio_tags import TokenSpan, decode
 from headroom.config import HEAD_MODEL_PREFIX
 from headroom.executor.head_files import HeadFiles
 from headroom.executor.resident_heads import HeadResidency
@@ -104,7 +105,39 @@ class HeadRunner:
             elif isinstance(result, Exception):
                 outcomes.append(run_failure(head, result))
             else:
-                outcomes.append(HeadOutput(result, resident[key].encoded_labels))
+                entry = resident[key]
+                outcomes.append(HeadOutput(result, entry.encoded_labels, has_slots=entry.tags is not None))
+        return outcomes
+
+    def run_tokens(
+        self, token_embeddings: np.ndarray, counts: np.ndarray, heads: Sequence[str | RowError]
+    ) -> list[list[TokenSpan] | RowError]:
+        """Row i's tokens (``counts[i]`` of them, [CLS] and [SEP] included) through the token
+        head of ``heads[i]``, decoded into valid BIO spans; [] for a head without slots."""
+        self.apply_sweeps()
+        keys = {head: self._key_of(head) for head in dict.fromkeys(heads)}
+        row_keys = [None if isinstance(keys[head], RowError) else keys[head] for head in heads]
+        resident, probabilities = self.residency.run_tokens(token_embeddings, row_keys, self._load)
+        failed = {
+            key: self._load_failure(key, entry) for key, entry in resident.items() if isinstance(entry, Exception)
+        }
+        outcomes: list[list[TokenSpan] | RowError | None] = [None] * len(heads)
+        by_head: dict[HeadKey, list[int]] = {}
+        for row, (head, key, result) in enumerate(zip(heads, row_keys, probabilities, strict=True)):
+            if key is None:
+                outcomes[row] = keys[head]
+            elif key in failed:
+                outcomes[row] = failed[key]
+            elif isinstance(result, Exception):
+                outcomes[row] = run_failure(head, result)
+            elif result is None:
+                outcomes[row] = []  # no token head: no spans
+            else:
+                by_head.setdefault(key, []).append(row)
+        for key, rows in by_head.items():  # one decode per head: its tag names
+            stacked = np.stack([probabilities[row] for row in rows])
+            for row, spans in zip(rows, decode(stacked, counts[rows], list(resident[key].tags)), strict=True):
+                outcomes[row] = spans
         return outcomes
 
     def _key_of(self, head: str | RowError) -> HeadKey | RowError:
@@ -130,8 +163,9 @@ class HeadRunner:
             return RowError(UNAVAILABLE, checked[1])
         return (head, version)
 
-    def _load(self, key: HeadKey) -> tuple[bytes, list[str]]:
-        return self.files.read(*key)
+    def _load(self, key: HeadKey) -> tuple:
+        model_bytes, labels = self.files.read(*key)
+        return model_bytes, labels, self.files.read_slots(*key)
 
     def _load_failure(self, key: HeadKey, exc: Exception) -> RowError:
         self.served.forget(key[0])  # the version may have gone (rolled over, offboarded): ask again next time

@@ -10,6 +10,11 @@ Pure numpy / onnx / onnxruntime (no Triton import), so unit tests exercise it di
   weights in them.
 - Any other ONNX head runs as its own ``SessionHead`` (1 intra-op thread, no memory arena), its
   rows grouped into one session call.
+- A head with slots also holds its token head (``headroom.head_format.parse_token_head``): linear
+  ones in ``LinearBank``s of their own (by tag count), run over the token rows of a batch as one
+  gather + batched matmul [rows, tokens, D] x [rows, D, K] + softmax per tag count
+  (``run_token_rows``); others as a ``SessionHead``. One key, one residency: the intent and the
+  token head of a version come and go together.
 - ``HeadResidency`` keeps what is resident under a byte budget, evicting the least recently used
   head first; the heads a batch is using are never evicted by that batch. Its lock is its own:
   ``HeadResidency.run`` makes a batch's heads resident and runs its rows under it, so a release
@@ -26,7 +31,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import onnxruntime as ort
-from headroom.head_format import HeadFileError, parse_head, softmax
+from headroom.head_format import HeadFileError, SlotFiles, parse_head, parse_token_head, softmax
 
 #: A full bank's arrays grow by this factor (by one slot while that adds less than one), and a
 #: bank whose arrays hold more than this factor times its heads shrinks: allocated bytes never
@@ -118,6 +123,12 @@ class LinearBank:
         logits = np.matmul(self.weights[slots], embeddings[:, :, None])[:, :, 0] + self.biases[slots]
         return softmax(logits)
 
+    def run_tokens(self, token_embeddings: np.ndarray, slots: np.ndarray) -> np.ndarray:
+        """Tag probabilities [rows, tokens, classes]: row i's tokens through the head in ``slots[i]``."""
+        weights = self.weights[slots].transpose(0, 2, 1)  # [rows, D, K]
+        logits = np.matmul(token_embeddings, weights) + self.biases[slots][:, None, :]
+        return softmax(logits)
+
 
 class SessionHead:
     """A head that is not one linear layer: its own small ONNX Runtime session."""
@@ -155,6 +166,11 @@ class ResidentHead:
     bank: LinearBank | None = None
     slot: int = -1
     session: SessionHead | None = None
+    #: A head with slots: its token head's tag names, and where it runs (a bank slot or a session).
+    tags: tuple[str, ...] | None = None
+    tag_bank: LinearBank | None = None
+    tag_slot: int = -1
+    tag_session: SessionHead | None = None
 
     @property
     def encoded_labels(self) -> list[bytes]:
@@ -196,6 +212,7 @@ class HeadResidency:
         self.dim = dim
         self._entries: OrderedDict[Hashable, ResidentHead] = OrderedDict()
         self._banks: dict[int, LinearBank] = {}
+        self._tag_banks: dict[int, LinearBank] = {}  # token heads, by tag count
         self._bytes = 0
         self._loads = 0
         self._evictions = 0
@@ -215,9 +232,12 @@ class HeadResidency:
                 self.budget_bytes,
                 self._loads,
                 self._evictions,
-                allocated_bytes=sum(bank.allocated_bytes for bank in self._banks.values()),
-                stacked_bytes=sum(bank.held_bytes for bank in self._banks.values()),
+                allocated_bytes=sum(bank.allocated_bytes for bank in self._all_banks()),
+                stacked_bytes=sum(bank.held_bytes for bank in self._all_banks()),
             )
+
+    def _all_banks(self) -> list[LinearBank]:
+        return [*self._banks.values(), *self._tag_banks.values()]
 
     def acquire(
         self, keys: Sequence[Hashable], load: Callable[[Hashable], tuple[bytes, Sequence[str]]]
@@ -260,24 +280,61 @@ class HeadResidency:
             heads = [None if key is None else resident[key] for key in row_keys]
             return resident, run_rows(embeddings, [head if isinstance(head, ResidentHead) else None for head in heads])
 
-    def _load(self, key: Hashable, load: Callable[[Hashable], tuple[bytes, Sequence[str]]]) -> ResidentHead:
+    def run_tokens(
+        self,
+        token_embeddings: np.ndarray,
+        row_keys: Sequence[Hashable | None],
+        load: Callable[[Hashable], tuple],
+    ) -> tuple[dict[Hashable, ResidentHead | Exception], list[np.ndarray | Exception | None]]:
+        """``run`` for token rows: row i's token embeddings [tokens, D] through the token head of
+        ``row_keys[i]``; ``run_token_rows``' result per row."""
+        with self._lock:
+            resident = self.acquire([key for key in row_keys if key is not None], load)
+            heads = [None if key is None else resident[key] for key in row_keys]
+            return resident, run_token_rows(
+                token_embeddings, [head if isinstance(head, ResidentHead) else None for head in heads]
+            )
+
+    def _load(self, key: Hashable, load: Callable[[Hashable], tuple]) -> ResidentHead:
+        """``load(key)``: (head file, labels) or (head file, labels, ``SlotFiles`` or None)."""
         started = time.perf_counter()
-        model_bytes, labels = load(key)
+        model_bytes, labels, *rest = load(key)
+        slots: SlotFiles | None = rest[0] if rest else None
         labels = tuple(labels)
         parameters, _ = parse_head(model_bytes, labels, self.dim)
+        token_parameters = None
+        if slots is not None:  # checked before anything is stored: a bad token head stores nothing
+            token_parameters, _ = parse_token_head(slots.model, slots.tags, self.dim)
+            tag_session = None if token_parameters is not None else SessionHead(slots.model)
         if parameters is not None:
             weights, bias = parameters
-            bank = self._banks.get(weights.shape[0])
-            if bank is None:
-                bank = self._banks[weights.shape[0]] = LinearBank(weights.shape[0], self.dim)
-            entry = ResidentHead(labels=labels, nbytes=weights.nbytes + bias.nbytes, bank=bank)
-            entry.slot = bank.add(weights, bias, owner=entry)
+            entry = ResidentHead(labels=labels, nbytes=weights.nbytes + bias.nbytes)
+            entry.bank = self._bank(self._banks, weights.shape[0])
+            entry.slot = entry.bank.add(weights, bias, owner=entry)
         else:
             entry = ResidentHead(labels=labels, nbytes=len(model_bytes), session=SessionHead(model_bytes))
+        if slots is not None:
+            entry.tags = tuple(slots.tags)
+            if token_parameters is not None:
+                weights, bias = token_parameters
+                entry.nbytes += weights.nbytes + bias.nbytes
+                entry.tag_bank = self._bank(self._tag_banks, weights.shape[0])
+                entry.tag_slot = entry.tag_bank.add(weights, bias, owner=entry)
+            else:
+                entry.nbytes += len(slots.model)
+                entry.tag_session = tag_session
         self._loads += 1
         kind = "stacked" if entry.bank is not None else "session"
+        if entry.tags is not None:
+            kind += f", {len(entry.tags)} tags " + ("stacked" if entry.tag_bank is not None else "session")
         self._log(f"head {key} resident ({kind}, {entry.nbytes} B) in {1000 * (time.perf_counter() - started):.1f} ms")
         return entry
+
+    def _bank(self, banks: dict[int, LinearBank], classes: int) -> LinearBank:
+        bank = banks.get(classes)
+        if bank is None:
+            bank = banks[classes] = LinearBank(classes, self.dim)
+        return bank
 
     def release(self, key: Hashable) -> bool:
         """Drop ``key`` from memory now; False when it was not resident."""
@@ -297,7 +354,14 @@ class HeadResidency:
             entry.slot = -1
             if entry.bank.used == 0:  # its arrays are empty now; a new bank comes with the next head
                 self._banks.pop(entry.bank.classes, None)
-        entry.session = None
+        if entry.tag_bank is not None:
+            moved = entry.tag_bank.release(entry.tag_slot)
+            if moved is not None:
+                moved.tag_slot = entry.tag_slot
+            entry.tag_slot = -1
+            if entry.tag_bank.used == 0:
+                self._tag_banks.pop(entry.tag_bank.classes, None)
+        entry.session = entry.tag_session = None
 
     def _evict(self, protected: set) -> None:
         for key in list(self._entries):
@@ -339,6 +403,47 @@ def run_rows(embeddings: np.ndarray, heads: Sequence[ResidentHead | None]) -> li
             if probabilities.shape[1] != len(head.labels):
                 raise HeadFileError(
                     f"the head returned {probabilities.shape[1]} probabilities but names {len(head.labels)} labels"
+                )
+        except Exception as exc:  # this head's rows fail, the rest of the batch is answered
+            for row in rows:
+                out[row] = exc
+            continue
+        for position, row in enumerate(rows):
+            out[row] = probabilities[position].astype(np.float32, copy=False)
+    return out
+
+
+def run_token_rows(
+    token_embeddings: np.ndarray, heads: Sequence[ResidentHead | None]
+) -> list[np.ndarray | Exception | None]:
+    """Tag probabilities [tokens, K] of each row's tokens through its head's token head (None
+    rows, and rows whose head has no slots, are skipped: None).
+
+    Stacked token heads run as one gather + batched matmul + softmax per tag count; session ones
+    as one session call per head with all of its rows. A failing session fails only its rows.
+    """
+    out: list[np.ndarray | Exception | None] = [None] * len(heads)
+    by_bank: dict[int, tuple[LinearBank, list[int]]] = {}
+    by_session: dict[int, tuple[ResidentHead, list[int]]] = {}
+    for row, head in enumerate(heads):
+        if head is None or head.tags is None:
+            continue
+        if head.tag_bank is not None:
+            by_bank.setdefault(id(head.tag_bank), (head.tag_bank, []))[1].append(row)
+        else:
+            by_session.setdefault(id(head), (head, []))[1].append(row)
+    for bank, rows in by_bank.values():
+        slots = np.fromiter((heads[row].tag_slot for row in rows), dtype=np.int64, count=len(rows))
+        probabilities = bank.run_tokens(token_embeddings[rows], slots)
+        for position, row in enumerate(rows):
+            out[row] = probabilities[position]
+    for head, rows in by_session.values():
+        try:
+            probabilities = head.tag_session.run(np.ascontiguousarray(token_embeddings[rows], dtype=np.float32))
+            expected = (len(rows), token_embeddings.shape[1], len(head.tags))
+            if probabilities.shape != expected:
+                raise HeadFileError(
+                    f"the token head returned shape {list(probabilities.shape)}, expected {list(expected)}"
                 )
         except Exception as exc:  # this head's rows fail, the rest of the batch is answered
             for row in rows:

@@ -20,7 +20,15 @@ from collections.abc import Callable
 
 from botocore.exceptions import BotoCoreError, ClientError
 from headroom.config import HEAD_MODEL_PREFIX, S3_LISTING_TTL_S
-from headroom.head_format import HEAD_INFO_FILE, LABELS_FILE, MODEL_FILE, VERSION_COMPLETE_FILE
+from headroom.head_format import (
+    HEAD_INFO_FILE,
+    LABELS_FILE,
+    MODEL_FILE,
+    SLOTS_MODEL_FILE,
+    TAGS_FILE,
+    VERSION_COMPLETE_FILE,
+    SlotFiles,
+)
 from headroom.s3 import S3Location, list_keys
 
 
@@ -105,6 +113,15 @@ class S3HeadFiles:
         model_bytes = self._get(head, version, MODEL_FILE)
         text = self._get(head, version, LABELS_FILE).decode("utf-8")
         return model_bytes, [line for line in text.split("\n") if line.strip()]
+
+    def read_slots(self, head: str, version: int) -> SlotFiles | None:
+        """The version's token head and its tags, or None for a head without slots."""
+        try:
+            model_bytes = self._get(head, version, SLOTS_MODEL_FILE)
+        except FileNotFoundError:
+            return None
+        text = self._get(head, version, TAGS_FILE).decode("utf-8")
+        return SlotFiles(model_bytes, [line for line in text.split("\n") if line.strip()])
 
     def trained_for(self, head: str, version: int) -> str | None:
         try:

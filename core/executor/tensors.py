@@ -6,8 +6,18 @@ that is how a call to a registration model ``head_<name>`` (an ensemble whose on
 executor; Triton forwards the caller's request parameters to the step) reaches its head.
 
 Outputs, per row: ``probabilities`` (FP32, padded with 0 to the widest head of the response),
-``labels`` (BYTES, padded with ""), ``class_count`` (INT32), ``error_code`` and
-``error_message`` (BYTES: ``headroom.row_errors``' wire form, ``b""`` for an answered row).
+``labels`` (BYTES, padded with ""), ``class_count`` (INT32), ``has_slots`` (BOOL: the head has
+a token head; the pipeline learns from it which heads need token embeddings), ``error_code``
+and ``error_message`` (BYTES: ``headroom.row_errors``' wire form, ``b""`` for an answered row).
+
+A **token request** carries ``token_embeddings`` (FP32 [S, T, D], zeros past each text's end),
+``token_count`` (INT32 [S, 1], tokens of each text, [CLS] and [SEP] included) and ``HEAD``
+instead of ``sentence_embedding``: each row's tokens run through its head's token head and are
+decoded into valid BIO spans (``headroom.bio_tags``). Outputs, per row: ``span_tokens`` (INT32
+[S, M, 2], first token and end token, end exclusive, in the row's token positions),
+``span_labels`` (BYTES [S, M]), ``span_scores`` (FP32 [S, M]), padded with -1 / "" / 0 to the
+row with the most spans (M at least 1), ``span_count`` (INT32 [S, 1]), ``error_code`` and
+``error_message``. A row whose head has no token head gets no spans.
 
 ``encode_outputs`` is what the executor sends, ``decode_outputs`` what the pipeline reads back;
 ``parse_request`` turns a request's inputs into rows. Pure numpy: no Triton import.
@@ -20,12 +30,16 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
+from headroom.bio_tags import TokenSpan
 from headroom.row_errors import INVALID_ARG, RowError, from_wire, to_wire
 
 EMBEDDING_INPUT = "sentence_embedding"
 HEAD_INPUT = "HEAD"
 HEAD_PARAMETER = "head"
-OUTPUTS = ("probabilities", "labels", "class_count", "error_code", "error_message")
+TOKEN_INPUT = "token_embeddings"
+TOKEN_COUNT_INPUT = "token_count"
+OUTPUTS = ("probabilities", "labels", "class_count", "has_slots", "error_code", "error_message")
+TOKEN_OUTPUTS = ("span_tokens", "span_labels", "span_scores", "span_count", "error_code", "error_message")
 
 
 @dataclass(frozen=True)
@@ -34,6 +48,7 @@ class HeadOutput:
 
     probabilities: np.ndarray  # [classes], FP32
     labels: Sequence[bytes]  # [classes], UTF-8 label names
+    has_slots: bool = False
 
 
 @dataclass(frozen=True)
@@ -94,17 +109,26 @@ def encode_outputs(rows: Sequence[HeadOutput | RowError]) -> dict[str, np.ndarra
     probabilities = np.zeros((batch, width), dtype=np.float32)
     labels = np.full((batch, width), b"", dtype=np.object_)
     counts = np.zeros((batch, 1), dtype=np.int32)
-    codes = np.full((batch, 1), b"", dtype=np.object_)
-    messages = np.full((batch, 1), b"", dtype=np.object_)
+    has_slots = np.zeros((batch, 1), dtype=np.bool_)
+    codes, messages = _error_arrays(rows)
     for index, row in enumerate(rows):
         if isinstance(row, RowError):
-            codes[index, 0], messages[index, 0] = to_wire(row)
             continue
         classes = len(row.labels)
         probabilities[index, :classes] = row.probabilities
         labels[index, :classes] = row.labels
         counts[index, 0] = classes
-    return dict(zip(OUTPUTS, (probabilities, labels, counts, codes, messages), strict=True))
+        has_slots[index, 0] = row.has_slots
+    return dict(zip(OUTPUTS, (probabilities, labels, counts, has_slots, codes, messages), strict=True))
+
+
+def _error_arrays(rows: Sequence) -> tuple[np.ndarray, np.ndarray]:
+    codes = np.full((len(rows), 1), b"", dtype=np.object_)
+    messages = np.full((len(rows), 1), b"", dtype=np.object_)
+    for index, row in enumerate(rows):
+        if isinstance(row, RowError):
+            codes[index, 0], messages[index, 0] = to_wire(row)
+    return codes, messages
 
 
 def decode_outputs(outputs: Mapping[str, np.ndarray], count: int) -> list[HeadOutput | RowError]:
@@ -118,5 +142,77 @@ def decode_outputs(outputs: Mapping[str, np.ndarray], count: int) -> list[HeadOu
             rows.append(error)
             continue
         width = int(classes[row])
-        rows.append(HeadOutput(outputs["probabilities"][row, :width], outputs["labels"][row, :width]))
+        has_slots = bool(outputs["has_slots"].reshape(-1)[row]) if "has_slots" in outputs else False
+        rows.append(HeadOutput(outputs["probabilities"][row, :width], outputs["labels"][row, :width], has_slots))
+    return rows
+
+
+# --- token requests --------------------------------------------------------------------------
+@dataclass(frozen=True)
+class TokenRows:
+    """A token request's rows: token embeddings [S, T, D], token counts [S] and head names."""
+
+    token_embeddings: np.ndarray
+    counts: np.ndarray
+    heads: list[str | RowError]
+
+
+def parse_token_request(
+    token_embeddings: np.ndarray, counts: np.ndarray | None, head_values: np.ndarray | None, dim: int
+) -> TokenRows | RowError:
+    """A token request's rows, or the RowError that fails it as a whole."""
+    token_embeddings = np.asarray(token_embeddings, dtype=np.float32)
+    if token_embeddings.ndim != 3 or token_embeddings.shape[2] != dim:
+        return RowError(
+            INVALID_ARG, f"'{TOKEN_INPUT}' must be [rows, tokens, {dim}], got {list(token_embeddings.shape)}"
+        )
+    rows, tokens = token_embeddings.shape[:2]
+    if counts is None or head_values is None:
+        return RowError(INVALID_ARG, f"a token request needs '{TOKEN_COUNT_INPUT}' and '{HEAD_INPUT}'")
+    counts = np.asarray(counts).reshape(-1).astype(np.int64)
+    values = np.asarray(head_values).reshape(-1)
+    if counts.size != rows or values.size != rows:
+        return RowError(INVALID_ARG, f"{counts.size} token counts and {values.size} head names for {rows} rows")
+    if rows and (counts.min() < 2 or counts.max() > tokens):
+        return RowError(INVALID_ARG, f"token counts must lie in [2, {tokens}] ([CLS] and [SEP] included)")
+    return TokenRows(token_embeddings, counts, [decode_head(value) for value in values])
+
+
+def encode_token_outputs(rows: Sequence[Sequence[TokenSpan] | RowError]) -> dict[str, np.ndarray]:
+    """The outputs of a token request: each row's spans (or its RowError), padded."""
+    width = max([1, *(len(row) for row in rows if not isinstance(row, RowError))])
+    batch = len(rows)
+    positions = np.full((batch, width, 2), -1, dtype=np.int32)
+    labels = np.full((batch, width), b"", dtype=np.object_)
+    scores = np.zeros((batch, width), dtype=np.float32)
+    counts = np.zeros((batch, 1), dtype=np.int32)
+    codes, messages = _error_arrays(rows)
+    for index, row in enumerate(rows):
+        if isinstance(row, RowError):
+            continue
+        counts[index, 0] = len(row)
+        for position, span in enumerate(row):
+            positions[index, position] = (span.first, span.end)
+            labels[index, position] = span.label.encode("utf-8")
+            scores[index, position] = span.score
+    return dict(zip(TOKEN_OUTPUTS, (positions, labels, scores, counts, codes, messages), strict=True))
+
+
+def decode_token_outputs(outputs: Mapping[str, np.ndarray], count: int) -> list[list[TokenSpan] | RowError]:
+    """Each of ``count`` rows of a token request's outputs: its spans or its RowError."""
+    codes, messages = outputs["error_code"].reshape(-1), outputs["error_message"].reshape(-1)
+    counts = outputs["span_count"].reshape(-1)
+    rows: list[list[TokenSpan] | RowError] = []
+    for row in range(count):
+        error = from_wire(codes[row], messages[row])
+        if error is not None:
+            rows.append(error)
+            continue
+        spans = []
+        for position in range(int(counts[row])):
+            first, end = (int(v) for v in outputs["span_tokens"][row, position])
+            label = outputs["span_labels"][row, position]
+            label = label.decode("utf-8") if isinstance(label, bytes) else str(label)
+            spans.append(TokenSpan(first, end, label, float(outputs["span_scores"][row, position])))
+        rows.append(spans)
     return rows

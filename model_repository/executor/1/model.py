@@ -4,6 +4,10 @@ The adapter between Triton and ``headroom.executor``: the tensors are described 
 encoded) in ``headroom.executor.tensors``, the rows run and fail in
 ``headroom.executor.head_runner``, the row error codes are ``headroom.row_errors``'.
 
+A token request (``token_embeddings``, ``token_count``, ``HEAD``: the pipeline's rows whose
+head has slots) runs each row's tokens through its head's token head and answers BIO spans in
+token positions (``headroom.executor.tensors``).
+
 With ``HEAD`` (the pipeline's one call per batch) a row's failure is reported in its own
 ``error_code``/``error_message`` and the request succeeds; without it (a call to a registration
 model ``head_<name>`` with the request parameter ``head``) the request fails as a whole with
@@ -79,26 +83,43 @@ class TritonPythonModel:
         if freed:
             pb_utils.Logger.log_info(f"executor: freed {freed} head(s) no longer in the repository")
         parsed = [self._parse(request) for request in requests]
-        valid = [rows for rows in parsed if not isinstance(rows, RowError)]
+        sentence = [rows for rows in parsed if isinstance(rows, tensors.Rows)]
         embeddings = (
-            np.concatenate([rows.embeddings for rows in valid]) if valid else np.zeros((0, self.dim), np.float32)
+            np.concatenate([rows.embeddings for rows in sentence]) if sentence else np.zeros((0, self.dim), np.float32)
         )
-        outcomes = self.runner.run(embeddings, [head for rows in valid for head in rows.heads])
-        self._metrics.observe(self.runner.residency.stats(), len(outcomes))
+        outcomes = self.runner.run(embeddings, [head for rows in sentence for head in rows.heads])
+        token_outcomes = [self._run_tokens(rows) for rows in parsed if isinstance(rows, tensors.TokenRows)]
+        self._metrics.observe(self.runner.residency.stats(), len(outcomes) + sum(map(len, token_outcomes)))
         responses = []
         start = 0
         for request, rows in zip(requests, parsed, strict=True):
             if isinstance(rows, RowError):
                 responses.append(pb_utils.InferenceResponse(error=triton_error(rows, pb_utils)))
-                continue
-            mine = outcomes[start : start + len(rows.heads)]
-            start += len(rows.heads)
-            responses.append(self._respond(request, mine, rows.per_row_errors))
+            elif isinstance(rows, tensors.TokenRows):
+                outputs = tensors.encode_token_outputs(token_outcomes.pop(0))
+                responses.append(_response(request, outputs))
+            else:
+                mine = outcomes[start : start + len(rows.heads)]
+                start += len(rows.heads)
+                responses.append(self._respond(request, mine, rows.per_row_errors))
         return responses
 
+    def _run_tokens(self, rows: tensors.TokenRows) -> list:
+        # Requests of different token lengths are not padded together: one call per request.
+        return self.runner.run_tokens(rows.token_embeddings, rows.counts, rows.heads)
+
     def _parse(self, request):
-        embeddings = pb_utils.get_input_tensor_by_name(request, tensors.EMBEDDING_INPUT)
+        tokens = pb_utils.get_input_tensor_by_name(request, tensors.TOKEN_INPUT)
         heads = pb_utils.get_input_tensor_by_name(request, tensors.HEAD_INPUT)
+        if tokens is not None:
+            counts = pb_utils.get_input_tensor_by_name(request, tensors.TOKEN_COUNT_INPUT)
+            return tensors.parse_token_request(
+                tokens.as_numpy(),
+                None if counts is None else counts.as_numpy(),
+                None if heads is None else heads.as_numpy(),
+                self.dim,
+            )
+        embeddings = pb_utils.get_input_tensor_by_name(request, tensors.EMBEDDING_INPUT)
         return tensors.parse_request(
             None if embeddings is None else embeddings.as_numpy(),
             None if heads is None else heads.as_numpy(),
@@ -111,9 +132,7 @@ class TritonPythonModel:
             failed = tensors.first_error(rows)
             if failed is not None:
                 return pb_utils.InferenceResponse(error=triton_error(failed, pb_utils))
-        outputs = tensors.encode_outputs(rows)
-        requested = request.requested_output_names() or list(outputs)
-        return pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor(name, outputs[name]) for name in requested])
+        return _response(request, tensors.encode_outputs(rows))
 
     # --- freeing offboarded heads ------------------------------------------------------------
     # The sweeper thread only stats files and drops arrays (pure Python): calling pb_utils (logger,
@@ -125,6 +144,12 @@ class TritonPythonModel:
                 self.runner.sweep()
             except Exception:  # never let the sweeper die; the next round tries again
                 continue
+
+
+def _response(request, outputs: dict):
+    """The outputs the request asked for (all of this kind of request when it named none)."""
+    requested = [name for name in request.requested_output_names() if name in outputs] or list(outputs)
+    return pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor(name, outputs[name]) for name in requested])
 
 
 class _Metrics:

@@ -9,6 +9,22 @@ order). C is the class count of the widest head named in the request: a row whos
 fewer classes is padded with probability 0 and label "" (never a real label: onboarding refuses
 blank labels), so a row's labels are the entries of ``LABELS`` before the first "".
 
+Entities (slots), only in the response of a request with a row whose head has slots:
+``ENTITY_COUNT`` (INT32 [N, 1]; -1 for a row whose head has no slots) and, per entity, ``ENTITY_LABELS`` (BYTES [N, M]),
+``ENTITY_STARTS`` / ``ENTITY_ENDS`` (INT32 [N, M], character offsets into the row's TEXT as
+sent, counted in Unicode code points, end exclusive), ``ENTITY_TEXTS`` (BYTES [N, M], the covered
+text) and ``ENTITY_SCORES`` (FP32 [N, M], the mean probability of the span's tags). M is the
+most entities of a row of the request, at least 1; rows with fewer are padded with "" / -1 /
+0 (a row's entities are its first ``ENTITY_COUNT``). Requests of classification heads only get
+exactly the four outputs above.
+
+Slot rows come from the same encoder pass as their intent: the pipeline asks ``embed`` for
+token embeddings only for the rows whose head has slots (which heads have slots it learns from
+the executor's ``has_slots``; a slot head's first request in a pipeline instance, or after it
+gained slots in a new version, costs its rows one more encoder pass), sends those rows' tokens
+to the executor as a token request beside the sentence request, and maps the token spans it
+answers to characters with ``embed``'s ``token_offsets`` (``headroom.bio_tags.char_spans``).
+
 For one batch of requests it calls ``embed`` **once** with every valid text, whatever the
 heads (``embed`` groups texts of similar length for the encoder), then runs every row's head
 with **one** call to the shared ``executor`` (``_run_heads``), whatever the heads: the executor
@@ -35,13 +51,15 @@ head and code, and requests and their seconds by head, on Triton's metrics port
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import time
 
 import numpy as np
 import triton_python_backend_utils as pb_utils
-from headroom.config import TOKENIZER_FILE
+from headroom.bio_tags import char_spans
+from headroom.config import EMBEDDING_DIM, TOKENIZER_FILE
 from headroom.executor import tensors
 from headroom.model_config import own_file, parameter
 from headroom.row_errors import INVALID_ARG, RowError, triton_error
@@ -49,6 +67,9 @@ from headroom.tenant_metrics import DEFAULT_MAX_HEADS, MAX_HEADS_ENV, OK, Reques
 from headroom.text_tokenizer import BlankCheck
 
 EMBEDDING_OUTPUT = "sentence_embedding"
+#: What ``embed`` answers for a slot row besides its sentence embedding.
+TOKEN_OUTPUTS = ("token_embeddings", "token_offsets", "token_count")
+ENTITY_OUTPUTS = ("ENTITY_COUNT", "ENTITY_LABELS", "ENTITY_STARTS", "ENTITY_ENDS", "ENTITY_TEXTS", "ENTITY_SCORES")
 
 
 def _error_response(error):
@@ -107,6 +128,9 @@ class TritonPythonModel:
             config, "tenant_metrics_max_heads", str(DEFAULT_MAX_HEADS)
         )
         self._metrics = _TenantMetrics(TenantLabels(int(max_heads)))
+        self.dim = EMBEDDING_DIM
+        #: Heads the executor said have slots (``has_slots``): their rows get token embeddings.
+        self.slot_heads: set[str] = set()
 
     async def execute(self, requests):
         started = time.perf_counter()
@@ -126,17 +150,11 @@ class TritonPythonModel:
             heads.extend(parsed[1])
 
         if texts:
-            embeddings = await self._embed(texts)
-            if isinstance(embeddings, pb_utils.TritonError):
-                for index, start, count in spans:
-                    responses[index] = _error_response(embeddings)
-                    outcomes[index] = RequestOutcome(heads[start : start + count], [_code(embeddings)] * count)
-            else:
-                results = await self._run_heads(embeddings, heads)  # errors per row, never raises
-                for index, start, count in spans:
-                    rows = results[start : start + count]
-                    responses[index] = _response(rows)
-                    outcomes[index] = RequestOutcome(heads[start : start + count], [_code(row) for row in rows])
+            rows = await self._answer(texts, heads)  # per row: (HeadOutput, entities or None) or TritonError
+            for index, start, count in spans:
+                mine = rows[start : start + count]
+                responses[index] = _response(mine)
+                outcomes[index] = RequestOutcome(heads[start : start + count], [_code(row) for row in mine])
         self._metrics.record(outcomes, time.perf_counter() - started)
         return responses
 
@@ -157,29 +175,98 @@ class TritonPythonModel:
         error = _request_error(rows)
         return error if error is not None else (texts, heads)
 
-    async def _embed(self, texts: list[str]):
+    async def _answer(self, texts: list[str], heads: list[str]) -> list:
+        """Each row's (``tensors.HeadOutput``, its ``CharSpan`` entities or None) or its
+        TritonError: one embedding pass, then the sentence and token requests to the executor."""
+        slot_rows = [row for row, head in enumerate(heads) if head in self.slot_heads]
+        embedded = await self._embed(texts, slot_rows)
+        results = await self._run_heads(texts, heads, embedded, slot_rows)
+        # Heads that gained slots (new to this instance, or a new version): learned now, and
+        # their rows embedded once more for their tokens. Heads that lost them: forgotten.
+        late = []
+        for row, result in enumerate(results):
+            if isinstance(result, pb_utils.TritonError):
+                continue
+            output, entities = result
+            if output.has_slots and entities is None:
+                self.slot_heads.add(heads[row])
+                late.append(row)
+            elif not output.has_slots:
+                self.slot_heads.discard(heads[row])
+        if late:
+            embedded = await self._embed([texts[row] for row in late], list(range(len(late))))
+            entities = await self._run_token_heads([texts[row] for row in late], [heads[row] for row in late], embedded)
+            for row, found in zip(late, entities, strict=True):
+                results[row] = found if isinstance(found, pb_utils.TritonError) else (results[row][0], found)
+        return results
+
+    async def _embed(self, texts: list[str], slot_rows: list[int]) -> dict:
+        """One ``embed`` request for the rows without slots (sentence embeddings only) and one
+        for ``slot_rows`` (their tokens too), sent together: ``rows`` (row -> (request, position)),
+        and each request's outputs by name or its TritonError."""
+        slot_set = set(slot_rows)
+        groups = [[row for row in range(len(texts)) if row not in slot_set], slot_rows]
+        groups = [(rows, with_tokens) for rows, with_tokens in zip(groups, (False, True), strict=True) if rows]
+        answers = await asyncio.gather(
+            *(self._embed_call([texts[row] for row in rows], with_tokens) for rows, with_tokens in groups)
+        )
+        where = {row: (call, position) for call, (rows, _) in enumerate(groups) for position, row in enumerate(rows)}
+        return {"rows": where, "answers": answers}
+
+    async def _embed_call(self, texts: list[str], with_tokens: bool):
+        outputs = [EMBEDDING_OUTPUT, *TOKEN_OUTPUTS] if with_tokens else [EMBEDDING_OUTPUT]
         request = pb_utils.InferenceRequest(
             model_name=self.embed_model,
             inputs=[pb_utils.Tensor("TEXT", np.array([[t.encode("utf-8")] for t in texts], dtype=np.object_))],
-            requested_output_names=[EMBEDDING_OUTPUT],
+            requested_output_names=outputs,
         )
         response = await request.async_exec()
         if response.has_error():
             error = response.error()
             return pb_utils.TritonError(f"embedding failed: {error.message()}", error.code())
-        return pb_utils.get_output_tensor_by_name(response, EMBEDDING_OUTPUT).as_numpy()
+        return {name: pb_utils.get_output_tensor_by_name(response, name).as_numpy() for name in outputs}
 
-    async def _run_heads(self, embeddings: np.ndarray, heads: list[str]) -> list:
+    async def _run_heads(self, texts: list[str], heads: list[str], embedded: dict, slot_rows: list[int]) -> list:
+        """Every row's (HeadOutput, entities or None) or TritonError: the sentence request with
+        every embedded row and the token request with the slot rows, sent together."""
+        results: list = [None] * len(heads)
+        embeddings = np.zeros((len(heads), self.dim), dtype=np.float32)
+        for row, (call, position) in embedded["rows"].items():
+            answer = embedded["answers"][call]
+            if isinstance(answer, pb_utils.TritonError):
+                results[row] = answer
+            else:
+                embeddings[row] = answer[EMBEDDING_OUTPUT][position]
+        good = [row for row in range(len(heads)) if results[row] is None]
+        good_slots = [row for row in slot_rows if results[row] is None]
+        sentence, tokens = await asyncio.gather(
+            self._sentence_call(embeddings[good], [heads[row] for row in good]),
+            self._run_token_heads(
+                [texts[row] for row in good_slots], [heads[row] for row in good_slots], embedded, good_slots
+            ),
+        )
+        for row, output in zip(good, sentence, strict=True):
+            results[row] = output if isinstance(output, pb_utils.TritonError) else (output, None)
+        for row, found in zip(good_slots, tokens, strict=True):
+            if isinstance(results[row], pb_utils.TritonError):
+                continue
+            if isinstance(found, pb_utils.TritonError):
+                results[row] = found
+            elif results[row][0].has_slots:
+                results[row] = (results[row][0], found)
+        return results
+
+    async def _sentence_call(self, embeddings: np.ndarray, heads: list[str]) -> list:
         """Each row's ``tensors.HeadOutput`` or ``TritonError``, from one call to the executor with
         every row; never raises (a broken call fails these rows, never the pipeline)."""
+        if not heads:
+            return []
         try:
             request = pb_utils.InferenceRequest(
                 model_name=self.executor_model,
                 inputs=[
                     pb_utils.Tensor(tensors.EMBEDDING_INPUT, np.ascontiguousarray(embeddings, dtype=np.float32)),
-                    pb_utils.Tensor(
-                        tensors.HEAD_INPUT, np.array([[head.encode("utf-8")] for head in heads], dtype=np.object_)
-                    ),
+                    pb_utils.Tensor(tensors.HEAD_INPUT, _names(heads)),
                 ],
                 requested_output_names=list(tensors.OUTPUTS),
             )
@@ -192,6 +279,54 @@ class TritonPythonModel:
         except Exception as exc:
             return [pb_utils.TritonError(f"head execution failed: {exc}", pb_utils.TritonError.INTERNAL)] * len(heads)
         return [triton_error(row, pb_utils) if isinstance(row, RowError) else row for row in rows]
+
+    async def _run_token_heads(
+        self, texts: list[str], heads: list[str], embedded: dict, rows: list[int] | None = None
+    ) -> list:
+        """Each of these slot rows' ``CharSpan`` entities or TritonError: one token request to
+        the executor with the rows' token embeddings (``embedded`` by ``rows``, default 0..n-1)."""
+        if not heads:
+            return []
+        rows = list(range(len(heads))) if rows is None else rows
+        places = [embedded["rows"][row] for row in rows]
+        answer = embedded["answers"][places[0][0]]  # the slot rows are all in one embed call
+        if isinstance(answer, pb_utils.TritonError):
+            return [answer] * len(heads)
+        positions = [position for _, position in places]
+        counts = answer["token_count"].reshape(-1)[positions].astype(np.int32)
+        longest = int(counts.max())
+        token_embeddings = np.ascontiguousarray(answer["token_embeddings"][positions, :longest], dtype=np.float32)
+        try:
+            request = pb_utils.InferenceRequest(
+                model_name=self.executor_model,
+                inputs=[
+                    pb_utils.Tensor(tensors.TOKEN_INPUT, token_embeddings),
+                    pb_utils.Tensor(tensors.TOKEN_COUNT_INPUT, counts.reshape(-1, 1)),
+                    pb_utils.Tensor(tensors.HEAD_INPUT, _names(heads)),
+                ],
+                requested_output_names=list(tensors.TOKEN_OUTPUTS),
+            )
+            response = await request.async_exec()
+            if response.has_error():
+                error = response.error()
+                return [pb_utils.TritonError(f"slot execution failed: {error.message()}", error.code())] * len(heads)
+            outputs = {
+                name: pb_utils.get_output_tensor_by_name(response, name).as_numpy() for name in tensors.TOKEN_OUTPUTS
+            }
+            decoded = tensors.decode_token_outputs(outputs, len(heads))
+        except Exception as exc:
+            return [pb_utils.TritonError(f"slot execution failed: {exc}", pb_utils.TritonError.INTERNAL)] * len(heads)
+        found: list = []
+        for text, position, count, spans in zip(texts, positions, counts, decoded, strict=True):
+            if isinstance(spans, RowError):
+                found.append(triton_error(spans, pb_utils))
+            else:
+                found.append(char_spans(spans, answer["token_offsets"][position, : int(count)], text))
+        return found
+
+
+def _names(heads: list[str]) -> np.ndarray:
+    return np.array([[head.encode("utf-8")] for head in heads], dtype=np.object_)
 
 
 def _code(row) -> str:
@@ -256,28 +391,56 @@ class _TenantMetrics:
 
 
 def _response(rows: list):
-    """The response of one request from its rows (each a ``tensors.HeadOutput`` or a ``TritonError``)."""
+    """The response of one request from its rows (each (``tensors.HeadOutput``, entities or
+    None) or a ``TritonError``)."""
     error = _request_error(rows)
     if error is not None:
         return _error_response(error)
-    width = max(len(row.labels) for row in rows)
+    width = max(len(output.labels) for output, _ in rows)
     count = len(rows)
     labels = np.full((count, 1), b"", dtype=np.object_)
     scores = np.zeros((count, 1), dtype=np.float32)
     probabilities = np.zeros((count, width), dtype=np.float32)
     names = np.full((count, width), b"", dtype=np.object_)
-    for index, row in enumerate(rows):
+    for index, (row, _) in enumerate(rows):
         best = int(np.argmax(row.probabilities))
         classes = len(row.labels)
         labels[index, 0] = row.labels[best]
         scores[index, 0] = row.probabilities[best]
         probabilities[index, :classes] = row.probabilities
         names[index, :classes] = row.labels
-    return pb_utils.InferenceResponse(
-        output_tensors=[
-            pb_utils.Tensor("LABEL", labels),
-            pb_utils.Tensor("SCORE", scores),
-            pb_utils.Tensor("PROBS", probabilities),
-            pb_utils.Tensor("LABELS", names),
-        ]
-    )
+    outputs = [
+        pb_utils.Tensor("LABEL", labels),
+        pb_utils.Tensor("SCORE", scores),
+        pb_utils.Tensor("PROBS", probabilities),
+        pb_utils.Tensor("LABELS", names),
+    ]
+    # Only when a row's head has slots: a request naming no outputs gets every output Triton
+    # has, so adding them always would change what classification-only tenants see.
+    if any(entities is not None for _, entities in rows):
+        outputs.extend(_entity_tensors([entities for _, entities in rows]))
+    return pb_utils.InferenceResponse(output_tensors=outputs)
+
+
+def _entity_tensors(rows: list[list | None]) -> list:
+    """``ENTITY_*`` of each row's ``CharSpan`` entities (None: its head has no slots, count -1),
+    padded to the row with the most."""
+    width = max([1, *(len(entities) for entities in rows if entities is not None)])
+    count = len(rows)
+    counts = np.full((count, 1), -1, dtype=np.int32)
+    labels = np.full((count, width), b"", dtype=np.object_)
+    starts = np.full((count, width), -1, dtype=np.int32)
+    ends = np.full((count, width), -1, dtype=np.int32)
+    texts = np.full((count, width), b"", dtype=np.object_)
+    scores = np.zeros((count, width), dtype=np.float32)
+    for index, entities in enumerate(rows):
+        if entities is None:
+            continue
+        counts[index, 0] = len(entities)
+        for position, entity in enumerate(entities):
+            labels[index, position] = entity.label.encode("utf-8")
+            starts[index, position], ends[index, position] = entity.start, entity.end
+            texts[index, position] = entity.text.encode("utf-8")
+            scores[index, position] = entity.score
+    arrays = (counts, labels, starts, ends, texts, scores)
+    return [pb_utils.Tensor(name, array) for name, array in zip(ENTITY_OUTPUTS, arrays, strict=True)]
