@@ -42,6 +42,7 @@ from gevent import monkey
 from headroom import config
 from headroom.admin_key import load_admin_key
 from headroom.client.inference import (
+    ENTITY_OUTPUTS,
     HeadroomClient,
     HeadroomError,
     HeadStatus,
@@ -69,7 +70,8 @@ log = logging.getLogger(__name__)
 PIPELINE_NAME = config.PIPELINE_MODEL
 EXPECTED_FAILURE_NAME = f"{config.PIPELINE_MODEL} [expected failure]"
 INFER_PATH = f"/v2/models/{config.PIPELINE_MODEL}/infer"
-OUTPUTS = ("LABEL", "SCORE", "PROBS", "LABELS")
+#: The entities come back only for heads with slots; every loaded head is in the mix, slot heads too.
+OUTPUTS = ("LABEL", "SCORE", "PROBS", "LABELS", *ENTITY_OUTPUTS)
 #: How Triton reports an unknown head: HTTP status or gRPC code (``StatusCode.`` stripped), message.
 NOT_FOUND_STATUSES = frozenset({"404", "NOT_FOUND"})
 NOT_LOADED_TEXT = "is not loaded"

@@ -116,16 +116,26 @@ def allowed_transitions(tags: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _viterbi_batch(log_probs: np.ndarray, tags: Sequence[str]) -> np.ndarray:
-    """Best valid paths [S, T] of log probabilities [S, T, K] (every row its full length)."""
+    """Best valid paths [S, T] of log probabilities [S, T, K] (every row its full length).
+
+    The constraint has a shape that makes each step O(S x K), not O(S x K^2): ``O`` and ``B-x``
+    may follow any tag (the best previous score), ``I-x`` only ``B-x`` or ``I-x`` (the better
+    of two)."""
     rows, length, k = log_probs.shape
-    start, follow = allowed_transitions(tags)
-    penalty = np.where(follow, 0.0, -np.inf)  # [K, K]
-    score = np.where(start, log_probs[:, 0], -np.inf)  # [S, K]
+    inside = np.array([tag.startswith(INSIDE) for tag in tags])
+    inside_ids = np.flatnonzero(inside)
+    begin_ids = np.array([list(tags).index(BEGIN + tags[j][len(INSIDE) :]) for j in inside_ids], dtype=np.int64)
+    free_ids = np.flatnonzero(~inside)
+    score = np.where(inside, -np.inf, log_probs[:, 0])  # [S, K]
     back = np.zeros((rows, length, k), dtype=np.int64)
     for t in range(1, length):
-        candidates = score[:, :, None] + penalty[None]  # [S, K_prev, K_next]
-        back[:, t] = candidates.argmax(axis=1)
-        score = np.take_along_axis(candidates, back[:, t][:, None, :], axis=1)[:, 0] + log_probs[:, t]
+        best = score.argmax(axis=1)  # [S]
+        from_begin = score[:, begin_ids] >= score[:, inside_ids]  # [S, I]
+        previous = np.empty((rows, k), dtype=np.int64)
+        previous[:, free_ids] = best[:, None]
+        previous[:, inside_ids] = np.where(from_begin, begin_ids[None, :], inside_ids[None, :])
+        back[:, t] = previous
+        score = np.take_along_axis(score, previous, axis=1) + log_probs[:, t]
     path = np.zeros((rows, length), dtype=np.int64)
     path[:, -1] = score.argmax(axis=1)
     for t in range(length - 1, 0, -1):
@@ -141,18 +151,22 @@ def viterbi(log_probs: np.ndarray, tags: Sequence[str]) -> np.ndarray:
     return _viterbi_batch(log_probs[None], tags)[0]
 
 
-def _spans_of(path: np.ndarray, probabilities: np.ndarray, tags: Sequence[str], offset: int) -> list[TokenSpan]:
+def _spans_of(path: list[int], chosen: list[float], kinds: list[tuple[str, str]], offset: int) -> list[TokenSpan]:
+    """The spans of one valid tag path; ``chosen``: each token's probability of its tag,
+    ``kinds``: per tag id ("B" / "I" / "O", slot label)."""
     spans: list[TokenSpan] = []
-    first, label, scores = None, None, []
-    for position, tag_id in enumerate(path.tolist() + [0]):
-        tag = tags[tag_id]
-        if first is not None and not (tag.startswith(INSIDE) and tag[len(INSIDE) :] == label):
-            spans.append(TokenSpan(offset + first, offset + position, label, float(np.mean(scores))))
-            first, label, scores = None, None, []
-        if tag.startswith(BEGIN):
-            first, label, scores = position, tag[len(BEGIN) :], []
-        if first is not None:
-            scores.append(probabilities[position, tag_id])
+    first, label, total = -1, "", 0.0
+    for position, tag_id in enumerate(path):
+        kind, slot = kinds[tag_id]
+        if first >= 0 and not (kind == "I" and slot == label):
+            spans.append(TokenSpan(offset + first, offset + position, label, total / (position - first)))
+            first = -1
+        if kind == "B":
+            first, label, total = position, slot, 0.0
+        if first >= 0:
+            total += chosen[position]
+    if first >= 0:
+        spans.append(TokenSpan(offset + first, offset + len(path), label, total / (len(path) - first)))
     return spans
 
 
@@ -163,6 +177,7 @@ def decode(probabilities: np.ndarray, lengths, tags: Sequence[str]) -> list[list
     probabilities = np.asarray(probabilities, dtype=np.float32)
     lengths = np.asarray(lengths, dtype=np.int64).reshape(-1)
     log_probs = np.log(np.maximum(probabilities, np.float32(1e-30))).astype(np.float64)
+    kinds = [("O", "") if tag == OUTSIDE else (tag[0], tag[len(BEGIN) :]) for tag in tags]
     out: list[list[TokenSpan]] = [[] for _ in range(len(lengths))]
     for length in np.unique(lengths):
         words = int(length) - 2
@@ -170,8 +185,9 @@ def decode(probabilities: np.ndarray, lengths, tags: Sequence[str]) -> list[list
             continue
         rows = np.flatnonzero(lengths == length)
         paths = _viterbi_batch(log_probs[rows, 1 : 1 + words], tags)
-        for row, path in zip(rows.tolist(), paths, strict=True):
-            out[row] = _spans_of(path, probabilities[row, 1 : 1 + words], tags, offset=1)
+        chosen = np.take_along_axis(probabilities[rows, 1 : 1 + words], paths[:, :, None], axis=2)[:, :, 0]
+        for row, path, scores in zip(rows.tolist(), paths.tolist(), chosen.tolist(), strict=True):
+            out[row] = _spans_of(path, scores, kinds, offset=1)
     return out
 
 

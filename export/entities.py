@@ -20,8 +20,8 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-#: A markup group: ``[value](label)``; the value holds no bracket, the label no parenthesis.
-MARKUP_GROUP = re.compile(r"\[([^\[\]]*)\]\(([^()\[\]]*)\)")
+#: A markup group: ``[value](label)``; neither holds a bracket or a parenthesis.
+MARKUP_GROUP = re.compile(r"\[([^\[\]()]*)\]\(([^()\[\]]*)\)")
 #: What makes a text markup.
 MARKUP_SIGN = "]("
 ENTITY_FIELDS = ("start", "end", "label")

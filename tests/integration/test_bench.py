@@ -31,6 +31,7 @@ SCRIPTS = [
     "tuning",
     "cluster",
     "affinity",
+    "slots",
     "run_all",
 ]
 
@@ -247,3 +248,29 @@ def test_make_bench_writes_its_summary_into_the_benchmarks_page():
     assert text.count(START_MARKER) == 1 and text.count(END_MARKER) == 1
     assert text.index(START_MARKER) < text.index(END_MARKER)
     assert START_MARKER not in (config.PROJECT_ROOT / "README.md").read_text(encoding="utf-8")
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(600)
+def test_quick_run_of_slots_writes_a_report(tmp_path):
+    """A server of its own with a classification and a slot tenant of the same data."""
+    env = {**os.environ, "HEADROOM_BENCH_RESULTS": str(tmp_path)}
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.slots", "--quick"],
+        capture_output=True,
+        text=True,
+        cwd=config.PROJECT_ROOT,
+        timeout=540,
+        env=env,
+    )
+    assert done.returncode == 0, done.stderr[-4000:]
+    report = json.loads((tmp_path / "slots.json").read_text())
+    for mode, figures in report["rounds"][0].items():
+        assert figures["texts_per_s"] > 0 and figures["failed"] == 0, mode
+    assert report["throughput_ratio_to_classification"]["classification"] == 1.0
+    assert 0 < report["throughput_ratio_to_classification"]["slots"]
+    assert report["slot_metrics"]["slots"] > 0 and 0 < report["slot_metrics"]["holdout_entity_f1"] <= 1
+    memory = report["memory_per_tenant_bytes"]
+    assert 0 < memory["token_head_file"] < memory["fine_tuned_minilm_fp32"] / 100
+    assert all(report["executor"][key] > 0 for key in ("intent_us_per_row", "token_heads_us_per_row"))
+    assert (tmp_path / "slots.png").stat().st_size > 0

@@ -151,6 +151,20 @@ def _stats_rows(path: Path) -> list[dict]:
 
 @pytest.mark.integration
 def test_load_test_against_the_server(triton, tmp_path):
+    from headroom.export.home_assistant import home_assistant_split, write_split
+
+    # A slot tenant in the mix (locust takes every loaded head): intents and entities under load.
+    train, _ = write_split(home_assistant_split(train_per_intent=4, held_out_per_intent=1), tmp_path / "slots")
+    with triton.client() as client:
+        onboarding = triton.onboarding(client)
+        onboarding.onboard("locust-slots", train)
+        try:
+            _run_load_test(triton, tmp_path)
+        finally:
+            onboarding.offboard("locust-slots")
+
+
+def _run_load_test(triton, tmp_path):
     command = [
         sys.executable,
         str(LOADTEST),
