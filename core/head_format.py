@@ -159,11 +159,54 @@ def parse_head(
     return parameters, model
 
 
+def windowed(token_embeddings: np.ndarray, window: int) -> np.ndarray:
+    """[S, T, D] -> [S, T, (2 * window + 1) * D]: each token beside its ``window`` neighbours
+    on either side (previous first; zeros past the ends), what a windowed token head reads."""
+    if window == 0:
+        return token_embeddings
+    rows, length, dim = token_embeddings.shape
+    padded = np.zeros((rows, length + 2 * window, dim), dtype=token_embeddings.dtype)
+    padded[:, window : window + length] = token_embeddings
+    return np.concatenate([padded[:, offset : offset + length] for offset in range(2 * window + 1)], axis=2)
+
+
+def _window_parameters(model: onnx.ModelProto, model_bytes: bytes, dim: int):
+    """(weights [K, (2w+1) D], bias [K], w) of a windowed linear token head, or None.
+
+    Recognised by what it computes, not by its graph: its one weight matrix [(2w+1) D, K] and
+    bias [K] must reproduce, through ``windowed``, its own output in ONNX Runtime on a probe."""
+    import onnxruntime as ort
+
+    arrays = [numpy_helper.to_array(tensor) for tensor in model.graph.initializer]
+    matrices = [a for a in arrays if a.ndim == 2 and a.dtype == np.float32 and a.shape[0] % dim == 0]
+    vectors = [a for a in arrays if a.ndim == 1 and a.dtype == np.float32]
+    if len(matrices) != 1 or len(vectors) != 1 or (matrices[0].shape[0] // dim) % 2 == 0:
+        return None
+    weights, bias = matrices[0].T, vectors[0]
+    if bias.shape[0] != weights.shape[0]:
+        return None
+    window = (weights.shape[1] // dim - 1) // 2
+    probe = np.random.default_rng(0).normal(size=(2, 2 * window + 3, dim)).astype(np.float32)
+    try:
+        options = ort.SessionOptions()
+        options.log_severity_level = 3
+        session = ort.InferenceSession(model_bytes, options, providers=["CPUExecutionProvider"])
+        expected = session.run(None, {session.get_inputs()[0].name: probe})[0]
+    except Exception:  # not runnable here: parse as a session, which reports the problem
+        return None
+    computed = softmax(windowed(probe, window) @ weights.T + bias)
+    if expected.shape != computed.shape or not np.allclose(expected, computed, atol=1e-5):
+        return None
+    return np.ascontiguousarray(weights), np.ascontiguousarray(bias), window
+
+
 def parse_token_head(
     model_bytes: bytes, tags: Sequence[str], dim: int
-) -> tuple[tuple[np.ndarray, np.ndarray] | None, onnx.ModelProto]:
-    """Validate a token head (``slots.onnx`` with the names of ``tags.txt``): its linear
-    parameters (None when it needs a session) and the parsed model."""
+) -> tuple[tuple[np.ndarray, np.ndarray, int] | None, onnx.ModelProto]:
+    """Validate a token head (``slots.onnx`` with the names of ``tags.txt``): its stacked
+    parameters (weights [K, (2w+1) D], bias [K], window w; None when it needs a session) and
+    the parsed model. w = 0: one ``MatMul`` + ``Add`` + ``Softmax`` on each token; w > 0: the
+    same over each token and its w neighbours either side (``windowed``)."""
     from headroom.bio_tags import check_tag_names
 
     try:
@@ -175,10 +218,8 @@ def parse_token_head(
     except Exception as exc:  # protobuf's DecodeError and friends
         raise HeadFileError(f"the token head file is not an ONNX model ({type(exc).__name__})") from exc
     check_head_input(model, dim, rank=3)
-    parameters = linear_parameters(model, rank=3)
-    if parameters is not None and parameters[0].shape != (len(tags), dim):
-        raise HeadFileError(
-            f"the token head has {parameters[0].shape[0]} tags of width {parameters[0].shape[1]} but "
-            f"{TAGS_FILE} names {len(tags)} tags"
-        )
+    linear = linear_parameters(model, rank=3)
+    parameters = (*linear, 0) if linear is not None else _window_parameters(model, model_bytes, dim)
+    if parameters is not None and parameters[0].shape[0] != len(tags):
+        raise HeadFileError(f"the token head has {parameters[0].shape[0]} tags but {TAGS_FILE} names {len(tags)} tags")
     return parameters, model

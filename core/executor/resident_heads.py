@@ -31,7 +31,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import onnxruntime as ort
-from headroom.head_format import HeadFileError, SlotFiles, parse_head, parse_token_head, softmax
+from headroom.head_format import HeadFileError, SlotFiles, parse_head, parse_token_head, softmax, windowed
 
 #: A full bank's arrays grow by this factor (by one slot while that adds less than one), and a
 #: bank whose arrays hold more than this factor times its heads shrinks: allocated bytes never
@@ -123,10 +123,11 @@ class LinearBank:
         logits = np.matmul(self.weights[slots], embeddings[:, :, None])[:, :, 0] + self.biases[slots]
         return softmax(logits)
 
-    def run_tokens(self, token_embeddings: np.ndarray, slots: np.ndarray) -> np.ndarray:
-        """Tag probabilities [rows, tokens, classes]: row i's tokens through the head in ``slots[i]``."""
-        weights = self.weights[slots].transpose(0, 2, 1)  # [rows, D, K]
-        logits = np.matmul(token_embeddings, weights) + self.biases[slots][:, None, :]
+    def run_tokens(self, token_embeddings: np.ndarray, slots: np.ndarray, window: int = 0) -> np.ndarray:
+        """Tag probabilities [rows, tokens, classes]: row i's tokens (each beside its ``window``
+        neighbours either side: this bank's width is (2 window + 1) D) through the head in ``slots[i]``."""
+        weights = self.weights[slots].transpose(0, 2, 1)  # [rows, width, K]
+        logits = np.matmul(windowed(token_embeddings, window), weights) + self.biases[slots][:, None, :]
         return softmax(logits)
 
 
@@ -170,6 +171,7 @@ class ResidentHead:
     tags: tuple[str, ...] | None = None
     tag_bank: LinearBank | None = None
     tag_slot: int = -1
+    tag_window: int = 0
     tag_session: SessionHead | None = None
 
     @property
@@ -212,7 +214,7 @@ class HeadResidency:
         self.dim = dim
         self._entries: OrderedDict[Hashable, ResidentHead] = OrderedDict()
         self._banks: dict[int, LinearBank] = {}
-        self._tag_banks: dict[int, LinearBank] = {}  # token heads, by tag count
+        self._tag_banks: dict[tuple[int, int], LinearBank] = {}  # token heads, by (tag count, window)
         self._bytes = 0
         self._loads = 0
         self._evictions = 0
@@ -316,9 +318,10 @@ class HeadResidency:
         if slots is not None:
             entry.tags = tuple(slots.tags)
             if token_parameters is not None:
-                weights, bias = token_parameters
+                weights, bias, window = token_parameters
                 entry.nbytes += weights.nbytes + bias.nbytes
-                entry.tag_bank = self._bank(self._tag_banks, weights.shape[0])
+                entry.tag_window = window
+                entry.tag_bank = self._tag_bank(weights.shape[0], window)
                 entry.tag_slot = entry.tag_bank.add(weights, bias, owner=entry)
             else:
                 entry.nbytes += len(slots.model)
@@ -329,6 +332,12 @@ class HeadResidency:
             kind += f", {len(entry.tags)} tags " + ("stacked" if entry.tag_bank is not None else "session")
         self._log(f"head {key} resident ({kind}, {entry.nbytes} B) in {1000 * (time.perf_counter() - started):.1f} ms")
         return entry
+
+    def _tag_bank(self, tags: int, window: int) -> LinearBank:
+        bank = self._tag_banks.get((tags, window))
+        if bank is None:
+            bank = self._tag_banks[tags, window] = LinearBank(tags, (2 * window + 1) * self.dim)
+        return bank
 
     def _bank(self, banks: dict[int, LinearBank], classes: int) -> LinearBank:
         bank = banks.get(classes)
@@ -360,7 +369,7 @@ class HeadResidency:
                 moved.tag_slot = entry.tag_slot
             entry.tag_slot = -1
             if entry.tag_bank.used == 0:
-                self._tag_banks.pop(entry.tag_bank.classes, None)
+                self._tag_banks.pop((entry.tag_bank.classes, entry.tag_window), None)
         entry.session = entry.tag_session = None
 
     def _evict(self, protected: set) -> None:
@@ -434,7 +443,7 @@ def run_token_rows(
             by_session.setdefault(id(head), (head, []))[1].append(row)
     for bank, rows in by_bank.values():
         slots = np.fromiter((heads[row].tag_slot for row in rows), dtype=np.int64, count=len(rows))
-        probabilities = bank.run_tokens(token_embeddings[rows], slots)
+        probabilities = bank.run_tokens(token_embeddings[rows], slots, heads[rows[0]].tag_window)
         for position, row in enumerate(rows):
             out[row] = probabilities[position]
     for head, rows in by_session.values():

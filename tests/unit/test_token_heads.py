@@ -22,11 +22,11 @@ SLOTS = ["area", "name"]
 TAGS = tag_names(SLOTS)  # O, B-area, I-area, B-name, I-name
 
 
-def token_head(seed: int, tags: list[str] = TAGS, dim: int = DIM) -> bytes:
+def token_head(seed: int, tags: list[str] = TAGS, dim: int = DIM, window: int = 0) -> bytes:
     rng = np.random.default_rng(seed)
-    head = TrainedSlotHead(
-        rng.normal(size=(len(tags), dim)).astype(np.float32), rng.normal(size=len(tags)).astype(np.float32), tags
-    )
+    width = (2 * window + 1) * dim
+    weights = rng.normal(size=(len(tags), width)).astype(np.float32)
+    head = TrainedSlotHead(weights, rng.normal(size=len(tags)).astype(np.float32), tags, window=window)
     return slot_head_to_onnx(head).SerializeToString()
 
 
@@ -72,6 +72,25 @@ def test_a_linear_token_head_is_recognised_and_a_wrong_one_refused():
         parse_token_head(token_head(1), ["O", "I-area", "B-area", "B-name", "I-name"], DIM)
     with pytest.raises(HeadFileError, match=r"\[batch, tokens, 8\]"):
         parse_token_head(onnx_heads.linear_head(len(TAGS), 1, dim=DIM)[0], TAGS, DIM)  # a sentence head
+
+
+@pytest.mark.parametrize("window", [1, 2])
+def test_windowed_token_heads_are_recognised_and_stacked_as_each_alone(window):
+    models = [token_head(seed, window=window) for seed in range(3)]
+    parameters, _ = parse_token_head(models[0], TAGS, DIM)
+    assert (
+        parameters is not None
+        and parameters[2] == window
+        and parameters[0].shape == (len(TAGS), (2 * window + 1) * DIM)
+    )
+    residency = resident_heads.HeadResidency(1 << 20, DIM)
+    intent, labels = onnx_heads.linear_head(3, 0, dim=DIM)
+    loaded = residency.acquire(range(3), lambda key: (intent, labels, SlotFiles(models[key], TAGS)))
+    owners = [1, 2, 0, 1]
+    x = tokens(len(owners), 2 * window + 4)
+    out = resident_heads.run_token_rows(x, [loaded[key] for key in owners])
+    for row, key in enumerate(owners):
+        np.testing.assert_allclose(out[row], run_alone(models[key], x[row : row + 1])[0], rtol=1e-5, atol=1e-6)
 
 
 def test_stacked_token_heads_answer_as_each_alone():
