@@ -100,11 +100,12 @@ def _heads_for(mode: str):
 
 def executor_costs(dim: int = config.EMBEDDING_DIM, rows: int = 256, tokens: int = 16, repeats: int = 20) -> dict:
     """Microseconds per row of one batch of ``rows`` through intent heads, and through token
-    heads + decoding (in process, stacked weights of 8 tenants, realistic peaked tags)."""
+    heads (windowed, as onboarding trains them) + decoding (in process, stacked weights of 8
+    tenants, tags mostly O as in real text)."""
     from headroom.bio_tags import decode, tag_names
     from headroom.executor import resident_heads
     from headroom.export.heads import TrainedHead, exported_head
-    from headroom.export.slot_heads import TrainedSlotHead, exported_slot_head
+    from headroom.export.slot_heads import DEFAULT_WINDOW, TrainedSlotHead, exported_slot_head
     from headroom.head_format import SlotFiles
 
     rng = np.random.default_rng(0)
@@ -114,10 +115,10 @@ def executor_costs(dim: int = config.EMBEDDING_DIM, rows: int = 256, tokens: int
         intent = TrainedHead(
             rng.normal(size=(42, dim)).astype(np.float32), np.zeros(42, np.float32), [f"i{i}" for i in range(42)]
         )
-        weights = rng.normal(scale=0.05, size=(len(tags), dim)).astype(np.float32)
+        weights = rng.normal(scale=0.05, size=(len(tags), (2 * DEFAULT_WINDOW + 1) * dim)).astype(np.float32)
         bias = np.zeros(len(tags), np.float32)
         bias[0] = 4.0  # mostly O, as real text is
-        token = TrainedSlotHead(weights, bias, tags)
+        token = TrainedSlotHead(weights, bias, tags, window=DEFAULT_WINDOW)
         files[tenant] = (exported_head(intent, "x"), intent.labels, SlotFiles(exported_slot_head(token, "x"), tags))
     residency = resident_heads.HeadResidency(1 << 30, dim)
     loaded = residency.acquire(list(files), files.__getitem__)
@@ -142,6 +143,7 @@ def executor_costs(dim: int = config.EMBEDDING_DIM, rows: int = 256, tokens: int
         "rows": rows,
         "tokens": tokens,
         "tags": len(tags),
+        "token_window": DEFAULT_WINDOW,
         "intent_us_per_row": round(1e6 * intent_s / rows, 2),
         "token_heads_us_per_row": round(1e6 * token_s / rows, 2),
         "decode_us_per_row": round(1e6 * decode_s / rows, 2),

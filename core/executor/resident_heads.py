@@ -11,9 +11,9 @@ Pure numpy / onnx / onnxruntime (no Triton import), so unit tests exercise it di
 - Any other ONNX head runs as its own ``SessionHead`` (1 intra-op thread, no memory arena), its
   rows grouped into one session call.
 - A head with slots also holds its token head (``headroom.head_format.parse_token_head``): linear
-  ones in ``LinearBank``s of their own (by tag count), run over the token rows of a batch as one
-  gather + batched matmul [rows, tokens, D] x [rows, D, K] + softmax per tag count
-  (``run_token_rows``); others as a ``SessionHead``. One key, one residency: the intent and the
+  and windowed-linear ones in ``LinearBank``s of their own (by tag count and window), run over
+  the token rows of a batch as one matmul per head over all of its rows' tokens and one softmax
+  per bank (``run_token_rows``); others as a ``SessionHead``. One key, one residency: the intent and the
   token head of a version come and go together.
 - ``HeadResidency`` keeps what is resident under a byte budget, evicting the least recently used
   head first; the heads a batch is using are never evicted by that batch. Its lock is its own:
@@ -31,7 +31,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import onnxruntime as ort
-from headroom.head_format import HeadFileError, SlotFiles, parse_head, parse_token_head, softmax, windowed
+from headroom.head_format import HeadFileError, SlotFiles, parse_head, parse_token_head, softmax
 
 #: A full bank's arrays grow by this factor (by one slot while that adds less than one), and a
 #: bank whose arrays hold more than this factor times its heads shrinks: allocated bytes never
@@ -125,9 +125,27 @@ class LinearBank:
 
     def run_tokens(self, token_embeddings: np.ndarray, slots: np.ndarray, window: int = 0) -> np.ndarray:
         """Tag probabilities [rows, tokens, classes]: row i's tokens (each beside its ``window``
-        neighbours either side: this bank's width is (2 window + 1) D) through the head in ``slots[i]``."""
-        weights = self.weights[slots].transpose(0, 2, 1)  # [rows, width, K]
-        logits = np.matmul(windowed(token_embeddings, window), weights) + self.biases[slots][:, None, :]
+        neighbours either side: this bank's width is (2 window + 1) D) through the head in ``slots[i]``.
+
+        One matmul per distinct head over all of its rows' tokens, [rows x tokens, D] x [D,
+        (2 window + 1) K], then each neighbour's block added at its shift: the windowed features
+        are never built (5x the token embeddings), nor a weight matrix gathered per row (as
+        sentence heads do: [rows, K, width] floats, 96 MB for 256 rows of a 49-tag head)."""
+        rows, tokens, dim = token_embeddings.shape
+        offsets = 2 * window + 1
+        logits = np.empty((rows, tokens, self.classes), dtype=np.float32)
+        for slot in np.unique(slots):
+            mine = np.flatnonzero(slots == slot)
+            weights = self.weights[slot].reshape(self.classes, offsets, dim).transpose(2, 1, 0).reshape(dim, -1)
+            projected = (token_embeddings[mine].reshape(-1, dim) @ weights).reshape(len(mine), tokens, offsets, -1)
+            head = np.broadcast_to(self.biases[slot], (len(mine), tokens, self.classes)).copy()
+            for offset in range(offsets):
+                shift = offset - window  # token t reads token t + shift
+                if shift >= 0:
+                    head[:, : tokens - shift] += projected[:, shift:, offset]
+                else:
+                    head[:, -shift:] += projected[:, : tokens + shift, offset]
+            logits[mine] = head
         return softmax(logits)
 
 

@@ -87,10 +87,11 @@ def test_windowed_token_heads_are_recognised_and_stacked_as_each_alone(window):
     intent, labels = onnx_heads.linear_head(3, 0, dim=DIM)
     loaded = residency.acquire(range(3), lambda key: (intent, labels, SlotFiles(models[key], TAGS)))
     owners = [1, 2, 0, 1]
-    x = tokens(len(owners), 2 * window + 4)
-    out = resident_heads.run_token_rows(x, [loaded[key] for key in owners])
-    for row, key in enumerate(owners):
-        np.testing.assert_allclose(out[row], run_alone(models[key], x[row : row + 1])[0], rtol=1e-5, atol=1e-6)
+    for length in (2, 3, 2 * window + 4):  # shorter than the window too: [CLS] [SEP]
+        x = tokens(len(owners), length, seed=length)
+        out = resident_heads.run_token_rows(x, [loaded[key] for key in owners])
+        for row, key in enumerate(owners):
+            np.testing.assert_allclose(out[row], run_alone(models[key], x[row : row + 1])[0], rtol=1e-5, atol=1e-6)
 
 
 def test_stacked_token_heads_answer_as_each_alone():
