@@ -32,6 +32,7 @@ SCRIPTS = [
     "cluster",
     "affinity",
     "slots",
+    "nlu_accuracy",
     "run_all",
 ]
 
