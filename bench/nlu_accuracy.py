@@ -187,7 +187,7 @@ def classification_split(seed: int = SEED) -> tuple[LabelledTexts, LabelledTexts
 
 
 def run(epochs: int = EPOCHS, quick: bool = False, learning_rate: float = LEARNING_RATE) -> dict:
-    split = home_assistant_split(train_per_intent=4 if quick else 28, held_out_per_intent=2 if quick else 9)
+    split = home_assistant_split(train_per_intent=4, held_out_per_intent=2) if quick else home_assistant_split()
     train, held_out = split.train, split.held_out
     log.info(
         "Home Assistant: %d intents, %d slots, %d train, %d held out",

@@ -2,8 +2,9 @@
 
 A line may also name slots (``headroom.export.entities``): a JSONL ``entities`` list, or the
 inline markup ``turn on the [kitchen](area) lights`` in any text. Then ``LabelledTexts.entities``
-holds each text's entities (an empty tuple for texts without); for a file without any it is
-None, and the tenant is a classification tenant.
+holds each text's entities (an empty tuple for texts without); for a file where no line names
+a slot (none has markup, and every ``entities`` list, if any, is empty) it is None, and the
+tenant is a classification tenant.
 
 ``load_labelled_file`` refuses, with a message naming the line, anything a head cannot be
 trained from: unknown format; a blank or whitespace-only line (a JSONL file may end with a
@@ -37,7 +38,7 @@ class DatasetError(ValueError):
 class LabelledTexts:
     texts: list[str]
     labels: list[str]
-    #: Each text's slots (empty tuple: none), or None: no line of the file has any.
+    #: Each text's slots (empty tuple: none), or None: no line of the file names any.
     entities: list[tuple[Entity, ...]] | None = None
 
     @property
@@ -158,6 +159,8 @@ def load_labelled_file(path: str | Path) -> LabelledTexts:
     scarce = sorted(label for label, count in counts.items() if count < 2)
     if scarce:
         raise DatasetError(f"{path}: every class needs at least two examples; too few for {scarce}")
-    named = any(spans is not None for _, _, spans in rows)
+    # Only empty lists ("entities": [] on every line) name no slot: a token head would learn
+    # nothing but "O", so that file is a classification file.
+    named = any(spans for _, _, spans in rows)
     entities = [spans or () for _, _, spans in rows] if named else None
     return LabelledTexts(texts=[t for t, _, _ in rows], labels=[label for _, label, _ in rows], entities=entities)

@@ -47,7 +47,13 @@ def is_markup(text: str) -> bool:
 def parse_markup(text: str) -> tuple[str, tuple[Entity, ...]]:
     """``turn on the [kitchen](area) lights`` -> ("turn on the kitchen lights", (Entity(12, 19, "area"),)).
 
-    A text without ``](`` comes back as it is, with no entities."""
+    The rule: a text is markup when it holds ``](``. Then every ``[`` and ``]`` in it must belong
+    to a ``[value](label)`` group, whose value and label are not empty and hold no bracket or
+    parenthesis (so no nesting); anything else is refused (``EntityError``, naming the character
+    where it went wrong in ``text``: "unclosed '[' at character 12"). A text without ``](`` is
+    plain and comes back as it is, brackets included, with no entities: "[urgent] call me".
+    Only this form of Rasa's markup is read (not ``[value]{"entity": ...}`` nor synonyms). The
+    labels are checked by ``check_entities``."""
     if not is_markup(text):
         return text, ()
     plain: list[str] = []
@@ -77,16 +83,24 @@ def _check_between(text: str, start: int, end: int) -> None:
     for index in range(start, end):
         character = text[index]
         if character == "[":
-            closing = text.find("]", index)
-            what = "unclosed '['" if closing < 0 else "'[' without a '[value](label)' group (or nested brackets)"
-            raise EntityError(f"{what} at character {index}")
+            closing = text.find("]", index + 1)
+            opening = text.find("[", index + 1)
+            if closing < 0:
+                raise EntityError(f"unclosed '[' at character {index}")
+            if 0 <= opening < closing:
+                raise EntityError(f"nested '[' at character {opening} inside the '[' at character {index}")
+            if text.startswith("(", closing + 1) and ")" not in text[closing:]:
+                raise EntityError(f"unclosed '(' at character {closing + 1}")
+            raise EntityError(f"'[' at character {index} does not start a '[value](label)' group")
         if character == "]":
-            raise EntityError(f"']' without a matching '[' at character {index}")
+            raise EntityError(f"']' at character {index} without a matching '['")
 
 
 def check_label(label: object, where: str) -> str:
-    if not isinstance(label, str) or not label.strip():
-        raise EntityError(f"{where}: the label is missing or blank")
+    if not isinstance(label, str):
+        raise EntityError(f"{where}: the label must be a string, got {label!r}")
+    if not label.strip():
+        raise EntityError(f"{where}: the label is blank")
     if any(character.isspace() or not character.isprintable() for character in label):
         raise EntityError(f"{where}: label {label!r} holds whitespace or a control character")
     if label.startswith(("B-", "I-")):
@@ -99,41 +113,55 @@ def _word(character: str) -> bool:
 
 
 def check_entities(text: str, entities: object) -> tuple[Entity, ...]:
-    """A JSON entity list (or ``Entity`` objects) checked against ``text``, sorted by start."""
-    if isinstance(entities, tuple) and all(isinstance(e, Entity) for e in entities):
-        checked = list(entities)
+    """A JSON entity list (or a sequence of ``Entity``) checked against ``text``, sorted by position.
+
+    Each refusal names the entity by its index in ``entities`` and, once its range is known
+    to be valid, the text it covers."""
+    if isinstance(entities, (tuple, list)) and all(isinstance(e, Entity) for e in entities):
+        given = list(entities)
+    elif not isinstance(entities, list):
+        raise EntityError(f"'entities' must be a list of objects with {list(ENTITY_FIELDS)}")
     else:
-        if not isinstance(entities, list):
-            raise EntityError(f"'entities' must be a list of objects with {list(ENTITY_FIELDS)}")
-        checked = []
+        given = []
         for number, entity in enumerate(entities):
-            where = f"entity {number}"
             if not isinstance(entity, dict) or set(entity) != set(ENTITY_FIELDS):
-                keys = sorted(entity) if isinstance(entity, dict) else type(entity).__name__
-                raise EntityError(f"{where}: must be an object with exactly {list(ENTITY_FIELDS)}, got {keys}")
-            start, end = entity["start"], entity["end"]
-            if not all(isinstance(v, int) and not isinstance(v, bool) for v in (start, end)):
-                raise EntityError(f"{where}: 'start' and 'end' must be integers")
-            checked.append(Entity(start, end, entity["label"]))
-    checked.sort()
-    previous: Entity | None = None
-    for number, entity in enumerate(checked):
-        where = f"entity {number} ({entity.start}-{entity.end})"
-        check_label(entity.label, where)
-        if not 0 <= entity.start < entity.end <= len(text):
-            raise EntityError(f"{where}: out of range for a text of {len(text)} characters (start < end <= length)")
-        covered = text[entity.start : entity.end]
-        where = f"entity {number} {covered!r} ({entity.start}-{entity.end})"
-        if covered != covered.strip():
-            raise EntityError(f"{where}: starts or ends with whitespace")
-        if entity.start > 0 and _word(text[entity.start - 1]) and _word(text[entity.start]):
-            raise EntityError(f"{where}: starts inside the word {_word_at(text, entity.start)!r}")
-        if entity.end < len(text) and _word(text[entity.end - 1]) and _word(text[entity.end]):
-            raise EntityError(f"{where}: ends inside the word {_word_at(text, entity.end - 1)!r}")
-        if previous is not None and entity.start < previous.end:
-            raise EntityError(f"{where}: overlaps the entity {text[previous.start : previous.end]!r}")
-        previous = entity
-    return tuple(checked)
+                keys = sorted(map(str, entity)) if isinstance(entity, dict) else type(entity).__name__
+                raise EntityError(f"entity {number}: must be an object with exactly {list(ENTITY_FIELDS)}, got {keys}")
+            given.append(Entity(entity["start"], entity["end"], entity["label"]))
+    for number, entity in enumerate(given):
+        _check_one(text, entity, f"entity {number}")
+    # Sorted by position only: labels of bad types were refused above, but need no comparing.
+    order = sorted(range(len(given)), key=lambda i: (given[i].start, given[i].end))
+    for before, after in zip(order, order[1:], strict=False):
+        first, second = given[before], given[after]
+        if second.start < first.end:
+            raise EntityError(
+                f"entity {after} {_covered(text, second)} overlaps entity {before} {_covered(text, first)}"
+            )
+    return tuple(given[i] for i in order)
+
+
+def _covered(text: str, entity: Entity) -> str:
+    return f"{text[entity.start : entity.end]!r} ({entity.start}-{entity.end})"
+
+
+def _check_one(text: str, entity: Entity, where: str) -> None:
+    start, end = entity.start, entity.end
+    if not all(isinstance(v, int) and not isinstance(v, bool) for v in (start, end)):
+        raise EntityError(f"{where}: 'start' and 'end' must be integers, got {start!r} and {end!r}")
+    if not 0 <= start < end <= len(text):
+        raise EntityError(
+            f"{where} ({start}-{end}): out of range for a text of {len(text)} characters (0 <= start < end <= length)"
+        )
+    where = f"{where} {_covered(text, entity)}"
+    check_label(entity.label, where)
+    covered = text[start:end]
+    if covered != covered.strip():
+        raise EntityError(f"{where}: starts or ends with whitespace")
+    if start > 0 and _word(text[start - 1]) and _word(text[start]):
+        raise EntityError(f"{where}: starts inside the word {_word_at(text, start)!r}")
+    if end < len(text) and _word(text[end - 1]) and _word(text[end]):
+        raise EntityError(f"{where}: ends inside the word {_word_at(text, end - 1)!r}")
 
 
 def _word_at(text: str, index: int) -> str:

@@ -1,5 +1,5 @@
-"""Unit tests of training files with entities (``headroom.export.entities``, ``datasets``) and of
-the Home Assistant demo split (``headroom.export.home_assistant``)."""
+"""Unit tests of training files with entities: the markup and the spans
+(``headroom.export.entities``) and how ``headroom.export.datasets`` reads them, file and line."""
 
 from __future__ import annotations
 
@@ -8,42 +8,56 @@ import json
 import pytest
 from headroom.export.datasets import DatasetError, load_labelled_file
 from headroom.export.entities import Entity, EntityError, check_entities, markup, parse_markup
-from headroom.export.home_assistant import home_assistant_split, write_split
 
-
-def jsonl(tmp_path, *records) -> str:
-    path = tmp_path / "train.jsonl"
-    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
-    return path
-
-
+TEXT = "turn on the kitchen lights"
 PLAIN = [{"text": "hello", "label": "greet"}, {"text": "hi", "label": "greet"}]
 PLAIN += [{"text": "bye", "label": "leave"}, {"text": "see you", "label": "leave"}]
 
 
+def jsonl(tmp_path, *records, name="train.jsonl"):
+    path = tmp_path / name
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
+    return path
+
+
+def span(start, end, label="area"):
+    return {"start": start, "end": end, "label": label}
+
+
 def test_markup_becomes_plain_text_and_spans():
-    assert parse_markup("turn on the [kitchen](area) lights") == (
-        "turn on the kitchen lights",
-        (Entity(12, 19, "area"),),
-    )
+    assert parse_markup("turn on the [kitchen](area) lights") == (TEXT, (Entity(12, 19, "area"),))
     text, spans = parse_markup("set the [living room](area) [lamp](name) to [50](brightness)%")
-    assert [text[s.start : s.end] for s in spans] == ["living room", "lamp", "50"]
+    assert [(text[s.start : s.end], s.label) for s in spans] == [
+        ("living room", "area"),
+        ("lamp", "name"),
+        ("50", "brightness"),
+    ]
     assert markup(text, spans) == "set the [living room](area) [lamp](name) to [50](brightness)%"
-    assert parse_markup("[urgent] call me") == ("[urgent] call me", ())  # no "](": plain text
+    # Offsets are code points: an accent or an emoji before a group counts one each.
+    text, spans = parse_markup("café 🎉 [salon](area)")
+    assert text[spans[0].start : spans[0].end] == "salon" and spans[0].start == 7
+
+
+@pytest.mark.parametrize("text", ["[urgent] call me", "a ] b [ c", "see [the docs] (page 2)"])
+def test_a_text_without_the_markup_sign_is_plain_brackets_included(text):
+    assert parse_markup(text) == (text, ())
 
 
 @pytest.mark.parametrize(
     "text, problem",
     [
-        ("turn on the [kitchen(area) lights ](x)", "'\\[' without"),
-        ("the [a [b](x)](y)", "'\\[' without"),
-        ("a ] b [c](d)", "']' without"),
-        ("a [](area) b", "empty value"),
+        ("turn on the [kitchen(area) lights ](x)", r"'\[' at character 12 does not start"),
+        ("turn on the [kitchen lights](area", r"unclosed '\(' at character 28"),
+        ("x [a](b) [c", r"unclosed '\[' at character 9"),
+        ("the [a [b](x)](y)", r"nested '\[' at character 7 inside the '\[' at character 4"),
+        ("a ] b [c](d)", r"'\]' at character 2 without a matching '\['"),
+        ("a [](area) b", r"empty value in the markup '\[\]\(area\)' at character 2"),
         ("a [b]() c", "empty label"),
-        ("turn on [the light](area] now", "'\\[' without"),
+        ("a [b](  ) c", "empty label"),
+        ("turn on [the light](area] now", r"unclosed '\(' at character 19"),
     ],
 )
-def test_markup_that_does_not_parse_is_refused(text, problem):
+def test_markup_that_does_not_parse_is_refused_with_where(text, problem):
     with pytest.raises(EntityError, match=problem):
         parse_markup(text)
 
@@ -51,93 +65,109 @@ def test_markup_that_does_not_parse_is_refused(text, problem):
 @pytest.mark.parametrize(
     "entities, problem",
     [
-        ([{"start": 12, "end": 40, "label": "area"}], "out of range"),
-        ([{"start": -1, "end": 3, "label": "area"}], "out of range"),
-        ([{"start": 5, "end": 5, "label": "area"}], "out of range"),
-        ([{"start": 12, "end": 19, "label": "area"}, {"start": 12, "end": 26, "label": "name"}], "overlaps"),
-        ([{"start": 13, "end": 19, "label": "area"}], "starts inside the word 'kitchen'"),
-        ([{"start": 12, "end": 17, "label": "area"}], "ends inside the word 'kitchen'"),
-        ([{"start": 11, "end": 19, "label": "area"}], "whitespace"),
-        ([{"start": 12, "end": 19, "label": "the area"}], "whitespace"),
-        ([{"start": 12, "end": 19, "label": "B-area"}], "B- or I-"),
-        ([{"start": 12, "end": 19, "label": ""}], "blank"),
-        ([{"start": 12, "end": 19}], "exactly"),
-        ([{"start": 12.0, "end": 19, "label": "area"}], "integers"),
+        ([span(12, 40)], r"entity 0 \(12-40\): out of range for a text of 26 characters"),
+        ([span(-1, 3)], "out of range"),
+        ([span(5, 5)], "out of range"),
+        ([span(19, 12)], "out of range"),
+        ([span(12, 19), span(12, 26, "name")], r"entity 1 'kitchen lights' \(12-26\) overlaps entity 0 'kitchen'"),
+        ([span(0, 4, "verb"), span(12, 26), span(20, 26, "x")], r"entity 2 'lights' .*overlaps entity 1"),
+        ([span(12, 19), span(12, 19)], "overlaps"),
+        ([span(13, 19)], r"entity 0 'itchen' \(13-19\): starts inside the word 'kitchen'"),
+        ([span(12, 17)], "ends inside the word 'kitchen'"),
+        ([span(11, 19)], "starts or ends with whitespace"),
+        ([span(12, 20)], "starts or ends with whitespace"),
+        ([span(12, 19, "the area")], "holds whitespace or a control character"),
+        ([span(12, 19, "area\x07")], "holds whitespace or a control character"),
+        ([span(12, 19, "B-area")], "B- or I-"),
+        ([span(12, 19, "I-area")], "B- or I-"),
+        ([span(12, 19, "")], "blank"),
+        ([span(12, 19, "  ")], "blank"),
+        ([span(12, 19, 7)], "must be a string, got 7"),
+        ([{"start": 12, "end": 19}], r"entity 0: must be an object with exactly \['start', 'end', 'label'\]"),
+        ([{**span(12, 19), "value": "kitchen"}], "exactly"),
+        (["kitchen"], "exactly"),
+        ([{"start": 12.0, "end": 19, "label": "area"}], "must be integers"),
+        ([{"start": True, "end": 19, "label": "area"}], "must be integers"),
         ({"start": 12}, "must be a list"),
+        ("12-19", "must be a list"),
     ],
 )
 def test_bad_spans_are_refused(entities, problem):
     with pytest.raises(EntityError, match=problem):
-        check_entities("turn on the kitchen lights", entities)
+        check_entities(TEXT, entities)
+
+
+def test_good_spans_come_back_sorted_and_punctuation_is_a_boundary():
+    sorted_spans = (Entity(12, 19, "area"), Entity(20, 26, "what"))
+    assert check_entities(TEXT, [span(20, 26, "what"), span(12, 19)]) == sorted_spans
+    assert check_entities("dim to 50%", [span(7, 9, "brightness")]) == (Entity(7, 9, "brightness"),)
+    assert check_entities("timer 36-minutes", [span(6, 8, "minutes")]) == (Entity(6, 8, "minutes"),)
+    assert check_entities(TEXT, []) == ()
 
 
 def test_jsonl_entities_are_read_and_moved_with_the_stripped_text(tmp_path):
     path = jsonl(
         tmp_path,
-        {
-            "text": "  turn on the kitchen lights",
-            "label": "on",
-            "entities": [{"start": 14, "end": 21, "label": "area"}],
-        },
-        {"text": "turn on the [hall](area) lamp", "label": "on"},
+        # Checked against the text as written (offsets 14-21), then moved with the stripping.
+        {"text": "  turn on the kitchen lights \n", "label": "on", "entities": [span(14, 21)]},
+        {"text": " \tturn on the [hall](area) lamp ", "label": "on"},
+        {"text": "turn off the lights", "label": "off", "entities": []},
+        {"text": "switch off", "label": "off"},
         *PLAIN,
     )
     data = load_labelled_file(path)
-    assert data.texts[0] == "turn on the kitchen lights" and data.entities[0] == (Entity(12, 19, "area"),)
+    assert data.texts[0] == TEXT and data.entities[0] == (Entity(12, 19, "area"),)
     assert data.texts[1] == "turn on the hall lamp" and data.entities[1] == (Entity(12, 16, "area"),)
-    assert data.entities[2:] == [()] * 4 and data.slot_labels == ["area"]
+    assert data.entities[2:] == [()] * 6 and data.slot_labels == ["area"]
+    for text, spans in zip(data.texts, data.entities, strict=True):
+        assert check_entities(text, spans) == spans
 
 
 def test_a_file_without_entities_is_a_classification_file(tmp_path):
-    assert load_labelled_file(jsonl(tmp_path, *PLAIN)).entities is None
+    data = load_labelled_file(jsonl(tmp_path, *PLAIN))
+    assert data.entities is None and data.slot_labels == [] and data.texts == ["hello", "hi", "bye", "see you"]
+    # Only empty lists name no slot either: nothing for a token head to learn.
+    assert load_labelled_file(jsonl(tmp_path, *({**r, "entities": []} for r in PLAIN))).entities is None
+    path = tmp_path / "train.csv"
+    path.write_text("text,label\n[urgent] hi,greet\nhello,greet\nbye,leave\nciao,leave\n", encoding="utf-8")
+    data = load_labelled_file(path)
+    assert data.entities is None and data.texts[0] == "[urgent] hi"
 
 
 def test_refusals_name_the_file_and_line(tmp_path):
-    bad = {"text": "turn on the kitchen", "label": "on", "entities": [{"start": 13, "end": 19, "label": "area"}]}
-    with pytest.raises(DatasetError, match=r"train\.jsonl:3: entity 0 .*starts inside the word"):
+    bad = {"text": "turn on the kitchen", "label": "on", "entities": [span(13, 19)]}
+    with pytest.raises(DatasetError, match=r"train\.jsonl:3: entity 0 'itchen' \(13-19\): starts inside the word"):
         load_labelled_file(jsonl(tmp_path, *PLAIN[:2], bad, *PLAIN[2:]))
     both = {"text": "turn on the [kitchen](area)", "label": "on", "entities": []}
-    with pytest.raises(DatasetError, match=r"train\.jsonl:1: .*not both"):
+    with pytest.raises(DatasetError, match=r"train\.jsonl:1: .*either 'entities' or markup in its text, not both"):
         load_labelled_file(jsonl(tmp_path, both, *PLAIN))
     broken = {"text": "turn on the [kitchen(area) ](x)", "label": "on"}
-    with pytest.raises(DatasetError, match=r"train\.jsonl:5: "):
+    with pytest.raises(DatasetError, match=r"train\.jsonl:5: '\[' at character 12"):
         load_labelled_file(jsonl(tmp_path, *PLAIN, broken))
+    label = {"text": "turn on the [kitchen](B-area)", "label": "on"}
+    with pytest.raises(DatasetError, match=r"train\.jsonl:2: entity 0 'kitchen' \(12-19\): label 'B-area'"):
+        load_labelled_file(jsonl(tmp_path, PLAIN[0], label, *PLAIN[1:]))
+    shape = {"text": "turn on the kitchen", "label": "on", "entities": {"start": 12}}
+    with pytest.raises(DatasetError, match=r"train\.jsonl:4: 'entities' must be a list"):
+        load_labelled_file(jsonl(tmp_path, *PLAIN[:3], shape, PLAIN[3]))
+    # The existing refusals keep their messages.
+    with pytest.raises(DatasetError, match=r"train\.jsonl:1: unknown field\(s\) \['entity'\]"):
+        load_labelled_file(jsonl(tmp_path, {"text": "a", "label": "b", "entity": []}, *PLAIN))
 
 
-def test_csv_texts_may_carry_markup(tmp_path):
+def test_csv_texts_may_carry_markup_and_errors_name_the_line(tmp_path):
     path = tmp_path / "train.csv"
     path.write_text(
-        'text,label\n"turn on the [kitchen](area) lights",on\nturn on the [hall](area),on\nbye,leave\nciao,leave\n',
+        'text,label\n"turn on the [kitchen](area) lights",on\n  turn on the [hall](area),on\nbye,leave\nciao,leave\n',
         encoding="utf-8",
     )
     data = load_labelled_file(path)
-    assert data.texts[0] == "turn on the kitchen lights" and data.entities[0] == (Entity(12, 19, "area"),)
-    path.write_text("text,label,entities\na,b,c\n", encoding="utf-8")
-    with pytest.raises(DatasetError, match="unknown column"):
+    assert data.texts[0] == TEXT and data.entities[0] == (Entity(12, 19, "area"),)
+    assert data.texts[1] == "turn on the hall" and data.entities[1] == (Entity(12, 16, "area"),)
+    assert data.entities[2:] == [(), ()]
+    path.write_text("text,label\nhi,greet\nhello,greet\nturn on the [kit]chen](area),on\n", encoding="utf-8")
+    with pytest.raises(DatasetError, match=r"train\.csv:4: .*character 12"):
         load_labelled_file(path)
-
-
-@pytest.fixture(scope="module")
-def split():
-    return home_assistant_split()
-
-
-def test_the_home_assistant_split_holds_out_templates_and_values(split):
-    assert len(split.intents) >= 40 and len(split.train.slot_labels) >= 20
-    assert 1000 <= len(split.train.texts) <= 1300 and 250 <= len(split.held_out.texts) <= 450
-    assert not set(split.train.texts) & set(split.held_out.texts)
-    pairs = zip(split.train.texts, split.train.entities, strict=True)
-    trained = {text[e.start : e.end] for text, spans in pairs for e in spans}
-    for name in ("area", "name", "floor"):  # the supplied lists: no held-out value was ever trained
-        assert not trained & set(split.held_out_values[name]), name
-    for data in (split.train, split.held_out):
-        for text, spans in zip(data.texts, data.entities, strict=True):
-            assert check_entities(text, spans) == spans
-
-
-def test_the_split_is_deterministic_and_round_trips_as_training_files(split, tmp_path):
-    again = home_assistant_split()
-    assert again.train.texts == split.train.texts and again.held_out.entities == split.held_out.entities
-    train, held_out = write_split(split, tmp_path)
-    data = load_labelled_file(train)
-    assert (data.texts, data.labels, data.entities) == (split.train.texts, split.train.labels, split.train.entities)
+    path.write_text("text,label,entities\na,b,c\n", encoding="utf-8")
+    with pytest.raises(DatasetError, match=r"unknown column\(s\) \['entities'\]"):
+        load_labelled_file(path)
