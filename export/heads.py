@@ -116,6 +116,12 @@ def head_to_onnx(head: TrainedHead, metadata: dict[str, str] | None = None) -> o
             numpy_helper.from_array(head.bias.astype(np.float32), "bias"),
         ],
     )
+    return head_model(graph, metadata)
+
+
+def head_model(graph: onnx.GraphProto, metadata: dict[str, str] | None = None) -> onnx.ModelProto:
+    """A head's ONNX model from its graph: headroom's opset and IR version, ``metadata`` as
+    metadata properties, checked (sentence heads and token heads alike)."""
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", HEAD_OPSET)], producer_name="headroom")
     model.ir_version = HEAD_IR_VERSION
     for key, value in (metadata or {}).items():

@@ -26,7 +26,7 @@ import numpy as np
 import onnx
 from headroom import config
 from headroom.bio_tags import IGNORED, char_spans, decode, tag_names, token_targets
-from headroom.export.heads import HEAD_IR_VERSION, HEAD_OPSET
+from headroom.export.heads import head_model
 from headroom.head_format import FINGERPRINT_KEY, METRICS_KEY, TOKEN_HEAD_INPUT, TOKEN_HEAD_OUTPUT, windowed
 from headroom.token_features import TokenFeatures
 from onnx import TensorProto, helper, numpy_helper
@@ -201,12 +201,7 @@ def slot_head_to_onnx(head: TrainedSlotHead, metadata: dict[str, str] | None = N
         outputs=[helper.make_tensor_value_info(TOKEN_HEAD_OUTPUT, TensorProto.FLOAT, ["batch", "tokens", "tags"])],
         initializer=initializers,
     )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", HEAD_OPSET)], producer_name="headroom")
-    model.ir_version = HEAD_IR_VERSION
-    for key, value in (metadata or {}).items():
-        model.metadata_props.append(onnx.StringStringEntryProto(key=key, value=value))
-    onnx.checker.check_model(model)
-    return model
+    return head_model(graph, metadata)
 
 
 def exported_slot_head(head: TrainedSlotHead, fingerprint: str) -> bytes:

@@ -89,13 +89,7 @@ class HeadRunner:
         """Row i of ``embeddings`` through the head named ``heads[i]`` (or that row's RowError).
 
         Applies what ``sweep`` freed first (the model calls ``apply_sweeps`` itself to log it)."""
-        self.apply_sweeps()
-        keys = {head: self._key_of(head) for head in dict.fromkeys(heads)}
-        row_keys = [None if isinstance(keys[head], RowError) else keys[head] for head in heads]
-        resident, probabilities = self.residency.run(embeddings, row_keys, self._load)
-        failed = {
-            key: self._load_failure(key, entry) for key, entry in resident.items() if isinstance(entry, Exception)
-        }
+        keys, row_keys, resident, probabilities, failed = self._run_resident(embeddings, heads, self.residency.run)
         outcomes: list[HeadOutput | RowError] = []
         for head, key, result in zip(heads, row_keys, probabilities, strict=True):
             if key is None:
@@ -114,13 +108,9 @@ class HeadRunner:
     ) -> list[list[TokenSpan] | RowError]:
         """Row i's tokens (``counts[i]`` of them, [CLS] and [SEP] included) through the token
         head of ``heads[i]``, decoded into valid BIO spans; [] for a head without slots."""
-        self.apply_sweeps()
-        keys = {head: self._key_of(head) for head in dict.fromkeys(heads)}
-        row_keys = [None if isinstance(keys[head], RowError) else keys[head] for head in heads]
-        resident, probabilities = self.residency.run_tokens(token_embeddings, row_keys, self._load)
-        failed = {
-            key: self._load_failure(key, entry) for key, entry in resident.items() if isinstance(entry, Exception)
-        }
+        keys, row_keys, resident, probabilities, failed = self._run_resident(
+            token_embeddings, heads, self.residency.run_tokens
+        )
         outcomes: list[list[TokenSpan] | RowError | None] = [None] * len(heads)
         by_head: dict[HeadKey, list[int]] = {}
         for row, (head, key, result) in enumerate(zip(heads, row_keys, probabilities, strict=True)):
@@ -139,6 +129,19 @@ class HeadRunner:
             for row, spans in zip(rows, decode(stacked, counts[rows], list(resident[key].tags)), strict=True):
                 outcomes[row] = spans
         return outcomes
+
+    def _run_resident(self, x: np.ndarray, heads: Sequence[str | RowError], run):
+        """Apply what ``sweep`` freed, resolve each distinct head once, and ``run`` (a residency
+        method) the rows under one hold of the residency lock: (keys by head, each row's key or
+        None, resident heads, each row's result, RowError of each key whose files failed)."""
+        self.apply_sweeps()
+        keys = {head: self._key_of(head) for head in dict.fromkeys(heads)}
+        row_keys = [None if isinstance(keys[head], RowError) else keys[head] for head in heads]
+        resident, results = run(x, row_keys, self._load)
+        failed = {
+            key: self._load_failure(key, entry) for key, entry in resident.items() if isinstance(entry, Exception)
+        }
+        return keys, row_keys, resident, results, failed
 
     def _key_of(self, head: str | RowError) -> HeadKey | RowError:
         """(head, version) to run, or the RowError for every row of that head."""

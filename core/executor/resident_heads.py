@@ -287,18 +287,21 @@ class HeadResidency:
         self,
         embeddings: np.ndarray,
         row_keys: Sequence[Hashable | None],
-        load: Callable[[Hashable], tuple[bytes, Sequence[str]]],
+        load: Callable[[Hashable], tuple],
+        rows_runner: Callable[[np.ndarray, list], list] | None = None,
     ) -> tuple[dict[Hashable, ResidentHead | Exception], list[np.ndarray | Exception | None]]:
         """Run row i of ``embeddings`` through the head of ``row_keys[i]`` (None: skip the row).
 
-        Returns what ``acquire`` returns for the distinct keys, and ``run_rows``' result per row
-        (None for a skipped row and for a row whose head failed to load). The heads are made
-        resident and run under one hold of the lock: no slot moves in between.
+        Returns what ``acquire`` returns for the distinct keys, and ``rows_runner``'s result per
+        row (default ``run_rows``; ``run_token_rows`` for token rows: ``run_tokens``; None for a
+        skipped row and for a row whose head failed to load). The heads are made resident and
+        run under one hold of the lock: no slot moves in between.
         """
         with self._lock:
             resident = self.acquire([key for key in row_keys if key is not None], load)
             heads = [None if key is None else resident[key] for key in row_keys]
-            return resident, run_rows(embeddings, [head if isinstance(head, ResidentHead) else None for head in heads])
+            usable = [head if isinstance(head, ResidentHead) else None for head in heads]
+            return resident, (rows_runner or run_rows)(embeddings, usable)
 
     def run_tokens(
         self,
@@ -308,12 +311,7 @@ class HeadResidency:
     ) -> tuple[dict[Hashable, ResidentHead | Exception], list[np.ndarray | Exception | None]]:
         """``run`` for token rows: row i's token embeddings [tokens, D] through the token head of
         ``row_keys[i]``; ``run_token_rows``' result per row."""
-        with self._lock:
-            resident = self.acquire([key for key in row_keys if key is not None], load)
-            heads = [None if key is None else resident[key] for key in row_keys]
-            return resident, run_token_rows(
-                token_embeddings, [head if isinstance(head, ResidentHead) else None for head in heads]
-            )
+        return self.run(token_embeddings, row_keys, load, run_token_rows)
 
     def _load(self, key: Hashable, load: Callable[[Hashable], tuple]) -> ResidentHead:
         """``load(key)``: (head file, labels) or (head file, labels, ``SlotFiles`` or None)."""
@@ -401,43 +399,71 @@ class HeadResidency:
 
 
 # --- running a mixed batch -------------------------------------------------------------------
+def _run_grouped(
+    x: np.ndarray,
+    heads: Sequence[ResidentHead | None],
+    stacked: Callable[[ResidentHead], tuple[LinearBank, int] | None],
+    run_bank: Callable[[LinearBank, np.ndarray, np.ndarray, ResidentHead], np.ndarray],
+    session_of: Callable[[ResidentHead], SessionHead],
+    check: Callable[[np.ndarray, int, ResidentHead], None],
+) -> list[np.ndarray | Exception | None]:
+    """Row i of ``x`` through ``heads[i]`` (None rows skipped): rows of stacked heads (``stacked``:
+    their bank and slot) one ``run_bank`` call per bank, the others one session call per head
+    with all of its rows, its output ``check``ed. A failing session fails only its own rows."""
+    out: list[np.ndarray | Exception | None] = [None] * len(heads)
+    by_bank: dict[int, tuple[LinearBank, list[int], list[int]]] = {}
+    by_session: dict[int, tuple[ResidentHead, list[int]]] = {}
+    for row, head in enumerate(heads):
+        if head is None:
+            continue
+        place = stacked(head)
+        if place is not None:
+            bank, slot = place
+            group = by_bank.setdefault(id(bank), (bank, [], []))
+            group[1].append(row)
+            group[2].append(slot)
+        else:
+            by_session.setdefault(id(head), (head, []))[1].append(row)
+    for bank, rows, slots in by_bank.values():
+        results = run_bank(bank, x[rows], np.asarray(slots, dtype=np.int64), heads[rows[0]])
+        for position, row in enumerate(rows):
+            out[row] = results[position]
+    for head, rows in by_session.values():
+        try:
+            results = session_of(head).run(np.ascontiguousarray(x[rows], dtype=np.float32))
+            check(results, len(rows), head)
+        except Exception as exc:  # this head's rows fail, the rest of the batch is answered
+            for row in rows:
+                out[row] = exc
+            continue
+        for position, row in enumerate(rows):
+            out[row] = results[position].astype(np.float32, copy=False)
+    return out
+
+
+def _check_probabilities(probabilities: np.ndarray, rows: int, head: ResidentHead) -> None:
+    if probabilities.ndim != 2 or probabilities.shape[0] != rows:
+        raise HeadFileError(f"the head returned shape {list(probabilities.shape)} for {rows} rows")
+    if probabilities.shape[1] != len(head.labels):
+        raise HeadFileError(
+            f"the head returned {probabilities.shape[1]} probabilities but names {len(head.labels)} labels"
+        )
+
+
 def run_rows(embeddings: np.ndarray, heads: Sequence[ResidentHead | None]) -> list[np.ndarray | Exception | None]:
     """Probabilities of each row through its head (None rows are skipped).
 
     Linear heads run as one gather + batched matmul + softmax per class count; session heads as
     one session call per head with all of its rows. A failing session fails only its own rows.
     """
-    out: list[np.ndarray | Exception | None] = [None] * len(heads)
-    by_bank: dict[int, tuple[LinearBank, list[int]]] = {}
-    by_session: dict[int, tuple[ResidentHead, list[int]]] = {}
-    for row, head in enumerate(heads):
-        if head is None:
-            continue
-        if head.bank is not None:
-            by_bank.setdefault(id(head.bank), (head.bank, []))[1].append(row)
-        else:
-            by_session.setdefault(id(head), (head, []))[1].append(row)
-    for bank, rows in by_bank.values():
-        slots = np.fromiter((heads[row].slot for row in rows), dtype=np.int64, count=len(rows))
-        probabilities = bank.run(embeddings[rows], slots)
-        for position, row in enumerate(rows):
-            out[row] = probabilities[position]
-    for head, rows in by_session.values():
-        try:
-            probabilities = head.session.run(np.ascontiguousarray(embeddings[rows], dtype=np.float32))
-            if probabilities.ndim != 2 or probabilities.shape[0] != len(rows):
-                raise HeadFileError(f"the head returned shape {list(probabilities.shape)} for {len(rows)} rows")
-            if probabilities.shape[1] != len(head.labels):
-                raise HeadFileError(
-                    f"the head returned {probabilities.shape[1]} probabilities but names {len(head.labels)} labels"
-                )
-        except Exception as exc:  # this head's rows fail, the rest of the batch is answered
-            for row in rows:
-                out[row] = exc
-            continue
-        for position, row in enumerate(rows):
-            out[row] = probabilities[position].astype(np.float32, copy=False)
-    return out
+    return _run_grouped(
+        embeddings,
+        heads,
+        lambda head: (head.bank, head.slot) if head.bank is not None else None,
+        lambda bank, x, slots, _head: bank.run(x, slots),
+        lambda head: head.session,
+        _check_probabilities,
+    )
 
 
 def run_token_rows(
@@ -446,36 +472,20 @@ def run_token_rows(
     """Tag probabilities [tokens, K] of each row's tokens through its head's token head (None
     rows, and rows whose head has no slots, are skipped: None).
 
-    Stacked token heads run as one gather + batched matmul + softmax per tag count; session ones
-    as one session call per head with all of its rows. A failing session fails only its rows.
+    Stacked token heads run as one matmul per head and one softmax per bank; session ones as one
+    session call per head with all of its rows. A failing session fails only its rows.
     """
-    out: list[np.ndarray | Exception | None] = [None] * len(heads)
-    by_bank: dict[int, tuple[LinearBank, list[int]]] = {}
-    by_session: dict[int, tuple[ResidentHead, list[int]]] = {}
-    for row, head in enumerate(heads):
-        if head is None or head.tags is None:
-            continue
-        if head.tag_bank is not None:
-            by_bank.setdefault(id(head.tag_bank), (head.tag_bank, []))[1].append(row)
-        else:
-            by_session.setdefault(id(head), (head, []))[1].append(row)
-    for bank, rows in by_bank.values():
-        slots = np.fromiter((heads[row].tag_slot for row in rows), dtype=np.int64, count=len(rows))
-        probabilities = bank.run_tokens(token_embeddings[rows], slots, heads[rows[0]].tag_window)
-        for position, row in enumerate(rows):
-            out[row] = probabilities[position]
-    for head, rows in by_session.values():
-        try:
-            probabilities = head.tag_session.run(np.ascontiguousarray(token_embeddings[rows], dtype=np.float32))
-            expected = (len(rows), token_embeddings.shape[1], len(head.tags))
-            if probabilities.shape != expected:
-                raise HeadFileError(
-                    f"the token head returned shape {list(probabilities.shape)}, expected {list(expected)}"
-                )
-        except Exception as exc:  # this head's rows fail, the rest of the batch is answered
-            for row in rows:
-                out[row] = exc
-            continue
-        for position, row in enumerate(rows):
-            out[row] = probabilities[position].astype(np.float32, copy=False)
-    return out
+
+    def check(probabilities: np.ndarray, rows: int, head: ResidentHead) -> None:
+        expected = (rows, token_embeddings.shape[1], len(head.tags))
+        if probabilities.shape != expected:
+            raise HeadFileError(f"the token head returned shape {list(probabilities.shape)}, expected {list(expected)}")
+
+    return _run_grouped(
+        token_embeddings,
+        [head if head is not None and head.tags is not None else None for head in heads],
+        lambda head: (head.tag_bank, head.tag_slot) if head.tag_bank is not None else None,
+        lambda bank, x, slots, head: bank.run_tokens(x, slots, head.tag_window),
+        lambda head: head.tag_session,
+        check,
+    )

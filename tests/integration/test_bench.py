@@ -37,6 +37,20 @@ SCRIPTS = [
 ]
 
 
+def run_quick(script: str, results: Path, *args: str, timeout_s: int) -> None:
+    """``python -m bench.<script> args`` with its reports written into ``results``; it must succeed."""
+    env = {**os.environ, "HEADROOM_BENCH_RESULTS": str(results)}
+    done = subprocess.run(
+        [sys.executable, "-m", f"bench.{script}", *args],
+        capture_output=True,
+        text=True,
+        cwd=config.PROJECT_ROOT,
+        timeout=timeout_s,
+        env=env,
+    )
+    assert done.returncode == 0, done.stderr[-4000:]
+
+
 @pytest.mark.parametrize("script", SCRIPTS)
 def test_every_script_has_help(script):
     done = subprocess.run(
@@ -149,16 +163,7 @@ def _check_quick_reports(results: Path, served: str) -> None:
 @pytest.mark.integration
 @pytest.mark.timeout(1560)  # the subprocess's own limit is 1500 s; a quiet 2-core machine needs ~9 min
 def test_quick_run_of_all_benchmarks_writes_reports(tmp_path, settings):
-    env = {**os.environ, "HEADROOM_BENCH_RESULTS": str(tmp_path)}
-    done = subprocess.run(
-        [sys.executable, "-m", "bench.run_all", "--quick", "--no-readme"],
-        capture_output=True,
-        text=True,
-        cwd=config.PROJECT_ROOT,
-        timeout=1500,
-        env=env,
-    )
-    assert done.returncode == 0, done.stderr[-4000:]
+    run_quick("run_all", tmp_path, "--quick", "--no-readme", timeout_s=1500)
     served = settings.encoder_variant  # what bench.common.settings() reads from the same environment
     names = ("encoder_ceiling", "end_to_end", "onboarding", "model_per_tenant", "density", "dense_heads", "tuning")
     for name in (*names, "peer_infinity_mix"):
@@ -199,16 +204,7 @@ def test_quick_run_of_all_benchmarks_writes_reports(tmp_path, settings):
 @pytest.mark.timeout(600)
 def test_quick_run_of_encoder_variants_writes_a_report(tmp_path):
     """No server: every variant in-process on a few hundred texts, two speed rounds."""
-    env = {**os.environ, "HEADROOM_BENCH_RESULTS": str(tmp_path)}
-    done = subprocess.run(
-        [sys.executable, "-m", "bench.encoder_variants", "--quick"],
-        capture_output=True,
-        text=True,
-        cwd=config.PROJECT_ROOT,
-        timeout=540,
-        env=env,
-    )
-    assert done.returncode == 0, done.stderr[-4000:]
+    run_quick("encoder_variants", tmp_path, "--quick", timeout_s=540)
     report = json.loads((tmp_path / "encoder_variants.json").read_text())
     assert set(report["variants"]) == set(config.ENCODER_VARIANTS)
     assert report["rounds"] == 2 and report["threads"] >= 1  # --quick: two speed rounds
@@ -255,16 +251,7 @@ def test_make_bench_writes_its_summary_into_the_benchmarks_page():
 @pytest.mark.timeout(600)
 def test_quick_run_of_slots_writes_a_report(tmp_path):
     """A server of its own with a classification and a slot tenant of the same data."""
-    env = {**os.environ, "HEADROOM_BENCH_RESULTS": str(tmp_path)}
-    done = subprocess.run(
-        [sys.executable, "-m", "bench.slots", "--quick"],
-        capture_output=True,
-        text=True,
-        cwd=config.PROJECT_ROOT,
-        timeout=540,
-        env=env,
-    )
-    assert done.returncode == 0, done.stderr[-4000:]
+    run_quick("slots", tmp_path, "--quick", timeout_s=540)
     report = json.loads((tmp_path / "slots.json").read_text())
     for mode, figures in report["rounds"][0].items():
         assert figures["texts_per_s"] > 0 and figures["failed"] == 0, mode
